@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: install what is missing, then run the whole suite against real PostgreSQL
+# (a throwaway server unless TEST_PG_URL is set). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_postgres.sh
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,60 @@
+"""`dagpg`: the operations kit for a PostgreSQL-backed Dagster instance.
+
+Commands are thin: parse options, call one library function, render what it returns. Errors
+raised by the library (DagpgError) become one line on stderr and an exit code here, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from dagpg import __version__
+from dagpg.cli import config_cmds, db_cmds, instance_cmds
+from dagpg.errors import DagpgError
+
+
+class DagpgGroup(click.Group):
+    """Turns DagpgError into `Error: ...` and its exit code, unless --traceback is given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DagpgError as exc:
+            if (ctx.obj or {}).get("traceback"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=DagpgGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dagpg")
+@click.option("--traceback", is_flag=True, help="Show the full traceback of an error.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what dagpg does to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, traceback: bool, verbose: bool) -> None:
+    """Operate a PostgreSQL-backed Dagster instance: local database, schemas, instance checks.
+
+    Every command reads the instance from DAGSTER_HOME (or --dagster-home) and the password
+    from the environment variable its dagster.yaml names (DAGSTER_PG_PASSWORD).
+
+    \b
+    Example:
+      export DAGSTER_HOME=$PWD/dagster_home DAGSTER_PG_PASSWORD=...
+      dagpg db up && dagpg db upgrade && dagpg instance show
+    """
+    ctx.ensure_object(dict)["traceback"] = traceback
+    if verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(instance_cmds.instance)
+cli.add_command(db_cmds.db)
+cli.add_command(config_cmds.config)
+
+
+def main() -> None:
+    cli(prog_name="dagpg")

@@ -1,0 +1,376 @@
+"""A project-local PostgreSQL cluster for development, demos and tests (`dagpg db up|down|status`).
+
+The server listens on 127.0.0.1 only, with scram-sha-256 password authentication over TCP. Its
+Unix socket sits in a private (0700) folder and trusts local connections, which only the
+server's OS user (and root) can reach: that is how roles and passwords are set without any
+password ever being written to a file. initdb refuses to run as root, so as root the server runs
+as the `postgres` OS user (or `nobody`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from dagpg.errors import LocalDbError, PortInUseError
+from dagpg.pgbin import Program, find_program
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+SUPERUSER = "postgres"
+_CONF_NAME = "dagpg.conf"
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    root: Path
+    initialized: bool
+    running: bool
+    host: str
+    port: int
+    pid: int | None = None
+    version: str | None = None
+    os_user: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "root": str(self.root),
+            "data_dir": str(self.root / "data"),
+            "initialized": self.initialized,
+            "running": self.running,
+            "host": self.host,
+            "port": self.port,
+            "pid": self.pid,
+            "version": self.version,
+            "os_user": self.os_user,
+        }
+
+
+@dataclass
+class LocalCluster:
+    """A PostgreSQL cluster in `root` (data/ and server.log), served on host:port."""
+
+    root: Path
+    port: int
+    host: str = "127.0.0.1"
+    settings: dict[str, str] = field(default_factory=dict)
+    yaml_path: str = "dagster.yaml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"dagpg-{digest}"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def up(self, progress: Progress | None = None) -> ClusterStatus:
+        """Initialize (first time) and start the cluster. Idempotent."""
+        say = progress or (lambda _msg: None)
+        _require_posix()
+        running = self._pg_ctl_status() == 0
+        if not running:
+            self._check_port_free()
+        if not (self.data_dir / "PG_VERSION").is_file():
+            say(f"initializing a PostgreSQL cluster in {self.data_dir}")
+            self._initdb()
+        self._write_conf()
+        if not running:
+            say(f"starting PostgreSQL on {self.host}:{self.port}")
+            self._start()
+        return self.status()
+
+    def down(self, progress: Progress | None = None) -> ClusterStatus:
+        """Stop the cluster if it runs. Idempotent."""
+        if self._pg_ctl_status() == 0:
+            (progress or (lambda _m: None))("stopping PostgreSQL")
+            result = self._run_as_server(
+                [self._program("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
+                 "-t", "60", "-s"]
+            )
+            if result.returncode != 0:
+                raise LocalDbError(f"pg_ctl stop failed: {_last_line(result)}; see {self.log_file}")
+        return self.status()
+
+    def destroy(self) -> None:
+        """Stop the cluster and delete its folder (tests and `dagpg db down --delete`)."""
+        self.down()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def status(self) -> ClusterStatus:
+        initialized = (self.data_dir / "PG_VERSION").is_file()
+        running = initialized and self._pg_ctl_status() == 0
+        pid = version = None
+        if running:
+            pid_file = self.data_dir / "postmaster.pid"
+            try:
+                pid = int(pid_file.read_text().splitlines()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None
+        if initialized:
+            version = (self.data_dir / "PG_VERSION").read_text().strip()
+        return ClusterStatus(
+            root=self.root,
+            initialized=initialized,
+            running=running,
+            host=self.host,
+            port=self.port,
+            pid=pid,
+            version=version,
+            os_user=_server_user() or _current_user(),
+        )
+
+    # -- roles and databases --------------------------------------------------------------
+
+    def superuser_connect(self, database: str = "postgres") -> psycopg2.extensions.connection:
+        """A superuser connection over the private Unix socket (no password involved)."""
+        conn = psycopg2.connect(
+            host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=database,
+            connect_timeout=10, application_name="dagpg",
+        )
+        conn.autocommit = True
+        return conn
+
+    def ensure_role(self, role: str, password: str, *, superuser: bool = False) -> None:
+        """Create `role` (or reset its password) so it can log in over TCP with `password`."""
+        conn = self.superuser_connect()
+        try:
+            verifier = psycopg2.extensions.encrypt_password(
+                password, role, scope=conn, algorithm="scram-sha-256"
+            )
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                attrs = sql.SQL("LOGIN SUPERUSER" if superuser else "LOGIN")
+                cur.execute(
+                    sql.SQL("{} ROLE {} WITH {} PASSWORD {}").format(
+                        sql.SQL(verb), sql.Identifier(role), attrs, sql.Literal(verifier)
+                    )
+                )
+        finally:
+            conn.close()
+
+    def ensure_database(self, name: str, owner: str) -> bool:
+        """Create database `name` owned by `owner` unless it exists. True when created."""
+        conn = self.superuser_connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone():
+                    return False
+                cur.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(name), sql.Identifier(owner)
+                    )
+                )
+                return True
+        finally:
+            conn.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _program(self, name: str) -> str:
+        return str(_programs(name).path)
+
+    def _initdb(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _hand_to_server_user(self.root)
+        self._check_reachable()
+        result = self._run_as_server(
+            [
+                self._program("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                "-E", "UTF8", "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
+                "--no-instructions",
+            ],
+            timeout=300,
+        )
+        if result.returncode != 0:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise LocalDbError(f"initdb failed: {_last_line(result)}; fix that and run again")
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a", encoding="utf-8") as fh:
+            fh.write(f"\n# Written by dagpg: listen address, port, socket, test settings.\n"
+                     f"include_if_exists = '{_CONF_NAME}'\n")
+
+    def _write_conf(self) -> None:
+        lines = {
+            "listen_addresses": f"'{self.host}'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "unix_socket_permissions": "0700",
+            "password_encryption": "'scram-sha-256'",
+            **self.settings,
+        }
+        text = "".join(f"{k} = {v}\n" for k, v in lines.items())
+        path = self.data_dir / _CONF_NAME
+        path.write_text(text, encoding="utf-8")
+        _hand_to_server_user(path)
+
+    def _start(self) -> None:
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        _hand_to_server_user(self.socket_dir)
+        result = self._run_as_server(
+            [self._program("pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-w", "-t", "60", "-s"],
+            timeout=90,
+        )
+        if result.returncode != 0:
+            raise LocalDbError(
+                f"PostgreSQL did not start: {self._last_log_line() or _last_line(result)}; "
+                f"see {self.log_file}"
+            )
+
+    def _pg_ctl_status(self) -> int:
+        if not (self.data_dir / "PG_VERSION").is_file():
+            return 4
+        result = self._run_as_server([self._program("pg_ctl"), "status", "-D", str(self.data_dir)])
+        return result.returncode
+
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((self.host, self.port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise PortInUseError(self.host, self.port, self.yaml_path) from None
+                raise LocalDbError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
+
+    def _check_reachable(self) -> None:
+        user = _server_user()
+        if user is None:
+            return
+        probe = subprocess.run(["test", "-w", str(self.root)], user=user, capture_output=True)
+        if probe.returncode != 0:
+            raise LocalDbError(
+                f"the server's OS user {user!r} cannot write {self.root} (a parent folder is "
+                "private); set DAGPG_PGDATA to a folder it can reach, or move the project"
+            )
+
+    def _run_as_server(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        return subprocess.run(
+            argv, user=_server_user(), env=env, cwd="/", capture_output=True, text=True,
+            timeout=timeout,
+        )
+
+    def _last_log_line(self) -> str | None:
+        try:
+            lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if ln]
+        except OSError:
+            return None
+        return lines[-1] if lines else None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+_PROGRAM_CACHE: dict[str, Program] = {}
+
+
+def _programs(name: str) -> Program:
+    if name not in _PROGRAM_CACHE:
+        _PROGRAM_CACHE[name] = find_program(name)
+    return _PROGRAM_CACHE[name]
+
+
+def _server_user() -> str | None:
+    """The OS user to run the server as: None (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise LocalDbError("running as root and no unprivileged `postgres` or `nobody` OS user "
+                       "exists; create one or run dagpg as an ordinary user")
+
+
+def _current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _hand_to_server_user(path: Path) -> None:
+    user = _server_user()
+    if user is not None:
+        shutil.chown(path, user=user, group=pwd.getpwnam(user).pw_gid)
+
+
+def _require_posix() -> None:
+    if sys.platform == "win32":
+        raise LocalDbError(
+            "`dagpg db` manages a local server on Linux and macOS only; on Windows install "
+            "PostgreSQL with its installer and create the role and database dagster.yaml names"
+        )
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    text = (result.stderr or result.stdout or "").strip()
+    return text.splitlines()[-1] if text else f"exit code {result.returncode}"
+
+
+# -- the cluster that serves an instance's dagster.yaml ------------------------------------
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1")
+
+
+def cluster_for(instance, data_dir: str | os.PathLike | None = None) -> LocalCluster:
+    """The local cluster serving `instance` (a dagpg.instance.Instance).
+
+    Its folder: `data_dir`, else $DAGPG_PGDATA, else <DAGSTER_HOME>/postgres.
+    """
+    target = instance.target
+    if target.host not in _LOCAL_HOSTS:
+        raise LocalDbError(
+            f"{instance.yaml_path} points at host {target.host!r}; `dagpg db` runs a server for "
+            "localhost only: use that server as it is, or set hostname: localhost"
+        )
+    root = Path(data_dir or os.environ.get("DAGPG_PGDATA") or instance.home / "postgres")
+    return LocalCluster(root=root.resolve(), port=target.port, yaml_path=str(instance.yaml_path))
+
+
+def up_for_instance(
+    instance, data_dir: str | os.PathLike | None = None, progress: Progress | None = None
+) -> ClusterStatus:
+    """Start the local cluster and create the role and database dagster.yaml names."""
+    cluster = cluster_for(instance, data_dir)
+    status = cluster.up(progress)
+    target = instance.target
+    if not target.password:
+        raise LocalDbError(
+            f"{instance.yaml_path} gives no password; set storage.postgres.postgres_db.password "
+            "to {env: DAGSTER_PG_PASSWORD}"
+        )
+    cluster.ensure_role(target.user, target.password)
+    if cluster.ensure_database(target.database, owner=target.user) and progress:
+        progress(f"created database {target.database!r} owned by {target.user!r}")
+    return status

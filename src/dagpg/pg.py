@@ -1,0 +1,125 @@
+"""Connections to an instance's PostgreSQL: retries with backoff, errors in one plain sentence.
+
+The password is passed to libpq as a keyword, never inside a URL or a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+
+import psycopg2
+import psycopg2.extensions
+import sqlalchemy
+from sqlalchemy.pool import NullPool
+
+from dagpg.errors import AuthenticationError, DatabaseUnavailableError
+from dagpg.instance import PgTarget
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5
+
+
+def connect(
+    target: PgTarget,
+    *,
+    database: str | None = None,
+    retries: int = 2,
+    timeout: float = CONNECT_TIMEOUT_S,
+    autocommit: bool = False,
+) -> psycopg2.extensions.connection:
+    """A psycopg2 connection to `target` (or another `database` on the same server)."""
+    kwargs = dict(
+        host=target.host,
+        port=target.port,
+        dbname=database or target.database,
+        user=target.user,
+        connect_timeout=max(1, int(timeout)),
+        application_name="dagpg",
+    )
+    if target.password:
+        kwargs["password"] = target.password
+    if "sslmode" in target.params:
+        kwargs["sslmode"] = target.params["sslmode"]
+    attempt = 0
+    while True:
+        try:
+            conn = psycopg2.connect(**kwargs)
+            conn.autocommit = autocommit
+            return conn
+        except psycopg2.OperationalError as exc:
+            error = translate(exc, target, database)
+            if isinstance(error, AuthenticationError) or attempt >= retries:
+                raise error from None
+            attempt += 1
+            delay = 0.2 * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+            log.debug("connection to %s failed (%s); retrying in %.2fs", target.where, exc, delay)
+            time.sleep(delay)
+
+
+@contextlib.contextmanager
+def connection(target: PgTarget, **kwargs) -> Iterator[psycopg2.extensions.connection]:
+    """`connect()` as a context manager that commits on success and always closes."""
+    conn = connect(target, **kwargs)
+    try:
+        if conn.autocommit:
+            yield conn
+        else:
+            with conn:  # commit on success, roll back on error
+                yield conn
+    finally:
+        conn.close()
+
+
+def engine(target: PgTarget, *, database: str | None = None) -> sqlalchemy.Engine:
+    """A SQLAlchemy engine whose connections come from `connect()` (no URL holds a password)."""
+    return sqlalchemy.create_engine(
+        "postgresql+psycopg2://",
+        creator=lambda: connect(target, database=database),
+        poolclass=NullPool,
+    )
+
+
+def translate(
+    exc: psycopg2.OperationalError, target: PgTarget, database: str | None = None
+) -> Exception:
+    """One plain sentence for a failed connection. libpq's text never holds the password."""
+    where = f"{target.host}:{target.port}/{database or target.database}"
+    text = str(exc).strip()
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        return AuthenticationError(where, target.user, target.password_variable)
+    if "does not exist" in lowered and "database" in lowered:
+        return DatabaseUnavailableError(
+            where, f"database {database or target.database!r} does not exist",
+            "create it (for the local server: `dagpg db up`)",
+        )
+    if "role" in lowered and "does not exist" in lowered:
+        return DatabaseUnavailableError(
+            where, f"role {target.user!r} does not exist",
+            "create it (for the local server: `dagpg db up`)",
+        )
+    if "connection refused" in lowered or "could not connect" in lowered:
+        reason = "connection refused"
+    elif "timeout" in lowered or "timed out" in lowered:
+        reason = "timed out"
+    elif "could not translate host name" in lowered:
+        reason = f"unknown host {target.host!r}"
+    else:
+        reason = text.splitlines()[-1] if text else type(exc).__name__
+    return DatabaseUnavailableError(
+        where, reason, "is the server running? (for the local server: `dagpg db status`)"
+    )
+
+
+def server_version(conn: psycopg2.extensions.connection) -> tuple[int, str]:
+    """(major, full version string) of the server behind `conn`."""
+    num = conn.server_version  # e.g. 150018
+    major = num // 10000
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        return major, cur.fetchone()[0]

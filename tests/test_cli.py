@@ -1,0 +1,45 @@
+"""The CLI's surface: every command documented with an example, README in sync with --help."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dagpg.cli import cli
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+reference = runpy.run_path(str(PROJECT_DIR / "scripts" / "update_cli_reference.py"))
+ALL_COMMANDS = [p for p in reference["commands"]() if p]
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_an_example(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0
+    command = cli
+    for name in path:
+        command = command.commands[name]
+    assert command.help and command.help.strip(), f"dagpg {' '.join(path)} has no help"
+    if not hasattr(command, "commands"):  # a leaf command
+        assert "Example" in result.output, f"dagpg {' '.join(path)} --help has no example"
+
+
+def test_readme_cli_reference_matches_help():
+    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    assert reference["START"] in readme, "README.md lacks the CLI reference markers"
+    assert reference["updated"](readme) == readme, (
+        "README's CLI reference is stale: run `.venv/bin/python scripts/update_cli_reference.py`"
+    )
+
+
+def test_unknown_command_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2
+    assert "No such command 'frobnicate'" in result.output
+
+
+def test_version():
+    assert CliRunner().invoke(cli, ["--version"]).output.startswith("dagpg, version ")

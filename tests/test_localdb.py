@@ -1,0 +1,136 @@
+"""`dagpg db up|down|status|url`: a real project-local PostgreSQL, started and stopped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dagpg import pg
+from dagpg.cli import cli
+from dagpg.errors import AuthenticationError
+from dagpg.instance import PgTarget, resolve_instance
+from dagpg.localdb import _hand_to_server_user, free_port
+from dagpg.pgbin import find_program
+from tests import pgharness
+
+PASSWORD = "first-pass'word"
+
+
+@pytest.fixture
+def local_home(monkeypatch):
+    """A DAGSTER_HOME for `dagpg db` in a folder the server's OS user can reach."""
+    try:
+        find_program("initdb")
+    except Exception as exc:  # noqa: BLE001
+        pgharness.unavailable(str(exc))
+    root = Path(tempfile.mkdtemp(prefix="dagpg-localdb-"))
+    root.chmod(0o755)
+    _hand_to_server_user(root)
+    home = root / "dagster_home"
+    port = free_port()
+    target = PgTarget(host="localhost", port=port, database="dagster", user="dagster")
+    pgharness.write_dagster_home(home, target)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", PASSWORD)
+    monkeypatch.delenv("DAGPG_PGDATA", raising=False)
+    yield home
+    CliRunner().invoke(cli, ["db", "down", "--silent"])
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def db(*args):
+    return CliRunner().invoke(cli, ["db", *args])
+
+
+def test_up_is_idempotent_and_serves_what_dagster_yaml_names(local_home):
+    first = db("up", "--json")
+    assert first.exit_code == 0, first.output
+    status = json.loads(first.output)
+    assert status["running"] is True and status["host"] == "127.0.0.1"
+    assert Path(status["data_dir"]) == local_home / "postgres" / "data"
+    assert PASSWORD not in first.output
+
+    target = resolve_instance(local_home).target
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user, current_database(), inet_server_addr()::text")
+        assert cur.fetchone() == ("dagster", "dagster", "127.0.0.1/32")
+        cur.execute("SHOW password_encryption")
+        assert cur.fetchone()[0] == "scram-sha-256"
+
+    again = db("up", "--json")
+    assert again.exit_code == 0
+    assert json.loads(again.output)["pid"] == status["pid"]
+
+    # No password anywhere in the cluster's files.
+    for path in (local_home / "postgres").rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+def test_changed_password_becomes_the_roles_password(local_home, monkeypatch):
+    assert db("up", "--silent").exit_code == 0
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "second-password")
+    assert db("up", "--silent").exit_code == 0
+    target = resolve_instance(local_home).target
+    pg.connect(target).close()
+    with pytest.raises(AuthenticationError):
+        pg.connect(PgTarget(**{**target.__dict__, "password": PASSWORD}), retries=0)
+
+
+def test_status_down_and_url(local_home):
+    stopped = db("status")
+    assert stopped.exit_code == 3
+    assert "not created" in stopped.output
+    assert db("up", "--silent").exit_code == 0
+    running = db("status", "--json")
+    assert running.exit_code == 0 and json.loads(running.output)["running"] is True
+    url = db("url")
+    port = resolve_instance(local_home).target.port
+    assert url.output.strip() == f"postgresql://dagster@localhost:{port}/dagster"
+    down = db("down")
+    assert down.exit_code == 0 and "stopped" in down.output
+    assert db("status").exit_code == 3
+    assert db("down").exit_code == 0  # idempotent
+    assert db("up", "--silent").exit_code == 0  # data kept: starts again without initdb
+    pg.connect(resolve_instance(local_home).target).close()
+
+
+def test_port_in_use_is_a_clear_error(local_home):
+    port = resolve_instance(local_home, require_password=False).target.port
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        result = db("up")
+    assert result.exit_code == 1
+    yaml_path = local_home / "dagster.yaml"
+    assert result.output.splitlines()[-1] == (
+        f"Error: port {port} on 127.0.0.1 is already in use by another program; stop it, or "
+        f"set a free port in {yaml_path} (storage.postgres.postgres_db.port) and run "
+        "`dagpg db up` again"
+    )
+    assert not (local_home / "postgres" / "data").exists()
+
+
+def test_remote_host_is_refused(local_home):
+    text = (local_home / "dagster.yaml").read_text().replace("hostname: localhost",
+                                                            "hostname: db.example.org")
+    (local_home / "dagster.yaml").write_text(text)
+    result = db("up")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {local_home / 'dagster.yaml'} points at host 'db.example.org'; `dagpg db` runs "
+        "a server for localhost only: use that server as it is, or set hostname: localhost"
+    )
+
+
+def test_up_needs_the_password(local_home, monkeypatch):
+    monkeypatch.delenv("DAGSTER_PG_PASSWORD")
+    result = db("up")
+    assert result.exit_code == 2
+    assert "environment variable DAGSTER_PG_PASSWORD is not set" in result.output
