@@ -1,0 +1,50 @@
+"""Daemon heartbeats, read straight from an instance's `daemon_heartbeats` table.
+
+Dagster's own checks tolerate heartbeats up to ~30 minutes old; callers here decide with their
+own threshold. Works on a PostgreSQL connection (psycopg2) and on a SQLite runs.db (sqlite3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    daemon_type: str
+    daemon_id: str | None
+    timestamp: datetime  # aware, UTC
+
+    def age_s(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(UTC)) - self.timestamp).total_seconds()
+
+
+def read_heartbeats(conn) -> list[Heartbeat]:
+    """Every daemon's latest heartbeat (a DB-API connection; empty if the table is absent)."""
+    cur = conn.cursor()
+    try:
+        cur.execute("SELECT daemon_type, daemon_id, timestamp FROM daemon_heartbeats")
+        rows = cur.fetchall()
+    except Exception as exc:  # noqa: BLE001  (undefined table: no daemon has ever run)
+        if "daemon_heartbeats" not in str(exc):
+            raise
+        if hasattr(conn, "rollback"):
+            conn.rollback()
+        return []
+    finally:
+        cur.close()
+    return sorted(
+        (Heartbeat(t, i, _utc(ts)) for t, i, ts in rows), key=lambda h: h.daemon_type
+    )
+
+
+def newest(heartbeats: list[Heartbeat]) -> Heartbeat | None:
+    return max(heartbeats, key=lambda h: h.timestamp, default=None)
+
+
+def _utc(value) -> datetime:
+    # Dagster stores naive UTC: a datetime from PostgreSQL, an ISO string from SQLite.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
