@@ -74,13 +74,15 @@ def from_url(url: str) -> PgServer:
     return PgServer(admin=admin)
 
 
-def start_throwaway() -> tuple[PgServer, Path]:
+def start_throwaway(bindir: Path | None = None) -> tuple[PgServer, Path]:
+    """A fresh cluster on a free port (PostgreSQL programs from `bindir`, default: the search)."""
     root = Path(tempfile.mkdtemp(prefix="dagpg-test-pg-"))
     root.chmod(0o755)
     _hand_to_server_user(root)
     cluster = LocalCluster(
         root=root / "cluster",
         port=free_port(),
+        bindir=bindir,
         settings={
             "fsync": "off",
             "synchronous_commit": "off",

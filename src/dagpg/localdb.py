@@ -71,6 +71,7 @@ class LocalCluster:
     host: str = "127.0.0.1"
     settings: dict[str, str] = field(default_factory=dict)
     yaml_path: str = "dagster.yaml"
+    bindir: Path | None = None  # PostgreSQL programs to use; default: dagpg.pgbin's search
 
     @property
     def data_dir(self) -> Path:
@@ -194,6 +195,8 @@ class LocalCluster:
     # -- internals ------------------------------------------------------------------------
 
     def _program(self, name: str) -> str:
+        if self.bindir is not None:
+            return str(self.bindir / name)
         return str(_programs(name).path)
 
     def _initdb(self) -> None:

