@@ -10,10 +10,10 @@ import copy
 import functools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from arcpy_orchestration.errors import ConfigError
 
@@ -46,11 +46,11 @@ class ParkAccess(_Section):
     id_field: str
     value_field: str
     district_field: str
-    walk_distance_m: float
+    walk_distance_m: Annotated[float, Field(gt=0)]
     workspace: str
     output_summary_path: str
-    detail_row_cap: int
-    sample_parcels: int
+    detail_row_cap: Annotated[int, Field(ge=0)]
+    sample_parcels: Annotated[int, Field(gt=0)]
     schedule: Schedule
 
 
