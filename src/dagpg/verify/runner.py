@@ -1,0 +1,176 @@
+"""`verify()`: gather what the database, the webserver and the public URL say, concurrently, then
+judge it. Network calls are bounded by `timeout_s`; nothing here prints or exits."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version as installed_version
+
+from dagpg.errors import DagpgError
+from dagpg.instance import Instance
+from dagpg.settings import KitSettings
+from dagpg.verify import checks, database, webserver
+from dagpg.verify.report import Report
+from dagpg.verify.services import (
+    CURRENT_ENVIRONMENT,
+    DAEMON,
+    WEBSERVER,
+    ServiceHome,
+    listen_url,
+    resolve_each,
+    service_homes,
+)
+
+log = logging.getLogger(__name__)
+
+
+def default_webserver_url(settings: KitSettings) -> str:
+    ws = settings.webserver
+    host = f"[{ws.host}]" if ":" in ws.host else ws.host
+    prefix = "/" + ws.path_prefix.strip("/") if ws.path_prefix.strip("/") else ""
+    return f"http://{host}:{ws.port}{prefix}"
+
+
+def verify(
+    settings: KitSettings,
+    *,
+    dagster_home: str | os.PathLike | None = None,
+    webserver_url: str | None = None,
+    public_url: str | None = None,
+    servy_configs: Sequence[str | os.PathLike] = (),
+    heartbeat_max_age_s: float | None = None,
+    backup_max_age_h: float | None = None,
+    timeout_s: float | None = None,
+) -> Report:
+    """Check that the webserver and the daemon share one healthy instance.
+
+    Raises ConfigurationError (bad URL, unreadable Servy config, no DAGSTER_HOME, no password);
+    every other problem is a failed check in the report.
+    """
+    started = time.monotonic()
+    cfg = settings.verify
+    max_age_s = heartbeat_max_age_s if heartbeat_max_age_s is not None else cfg.heartbeat_max_age_s
+    max_age_h = backup_max_age_h if backup_max_age_h is not None else cfg.backup_max_age_h
+    timeout = timeout_s if timeout_s is not None else cfg.timeout_s
+    services = service_homes(settings, servy_configs, dagster_home)
+    web_url = (webserver_url or listen_url(services[WEBSERVER])
+               or default_webserver_url(settings))
+    web_base = webserver.BaseUrl.parse(web_url, option="--webserver-url")
+    public_base = (webserver.BaseUrl.parse(public_url, option="--public-url")
+                   if public_url else None)
+
+    resolved = resolve_each(services)
+    instance = _primary(services[DAEMON], resolved[DAEMON])
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
+        db_future = (pool.submit(database.observe, instance, timeout=timeout)
+                     if instance else None)
+        web_future = pool.submit(webserver.observe, web_base, timeout=timeout)
+        public_future = (pool.submit(webserver.observe, public_base, timeout=timeout,
+                                     websocket=True) if public_base else None)
+        db = db_future.result() if db_future else None
+        backup_future = pool.submit(_observe_backup, instance) if db and db.reachable else None
+        web = web_future.result()
+        public = public_future.result() if public_future else None
+        backup = backup_future.result() if backup_future else None
+
+    if db and db.reachable:
+        _reread_if_needed(instance, db, [w for w in (web, public) if w], timeout)
+        if db.status and db.status.at_head:
+            _required_daemons(instance, db, web, services[DAEMON], resolved)
+
+    required = db.required_daemons if db else None
+    dagster = installed_version("dagster")
+    web_hint = (f"is dagster-webserver ({services[WEBSERVER].name}) running on "
+                f"{web_base.host}:{web_base.port}? check its stdout/stderr logs")
+    public_hint = ("a 502 from the proxy means the webserver is down or on another port; "
+                   "check the proxy's rule and the webserver")
+    results = [
+        checks.same_home(services, resolved),
+        checks.database(instance, db),
+        checks.daemon_heartbeats(db, max_age_s, services[DAEMON]),
+        checks.server_info("webserver", "Webserver answers", web, dagster, web_hint),
+        checks.instance_id("webserver", "Webserver instance", web, db),
+        checks.heartbeats_match("webserver", "Webserver heartbeats", web, db, required),
+        checks.definitions(web),
+        checks.server_info("public", "Public URL answers", public, dagster, public_hint),
+        checks.instance_id("public", "Public page", public, db),
+        checks.heartbeats_match("public", "Public GraphQL", public, db, required),
+        checks.websocket("Public WebSocket", public),
+        checks.schedules(web, cfg.schedules),
+        checks.backup(backup, max_age_h),
+    ]
+    return Report(
+        checks=results,
+        elapsed_s=time.monotonic() - started,
+        instance=instance.as_dict() if instance else None,
+        services={role: s.as_dict() for role, s in services.items()},
+    )
+
+
+def _primary(daemon: ServiceHome, resolved: Instance | DagpgError) -> Instance | None:
+    """The instance whose database is checked: the daemon's, with the password it would use.
+
+    A DAGSTER_HOME from the current environment that cannot be resolved is a usage error (exit
+    2); one from a Servy config is reported by the same-home check instead. A missing password
+    is always a usage error.
+    """
+    if daemon.source != CURRENT_ENVIRONMENT and isinstance(resolved, DagpgError):
+        return None
+    return daemon.resolve(require_password=True)
+
+
+def _required_daemons(instance: Instance, db: database.DbObservation,
+                      web: webserver.WebObservation, daemon: ServiceHome,
+                      resolved: dict[str, Instance | DagpgError]) -> None:
+    """Dagster's list of required daemons for this instance. A webserver that serves this
+    instance from the same DAGSTER_HOME has computed it already (GraphQL lists exactly the
+    required daemons); otherwise load the instance here (importing Dagster: ~1 s)."""
+    homes = {r.home for r in resolved.values() if isinstance(r, Instance)}
+    statuses = checks.daemon_statuses(web.status or {})
+    if (web.page and web.page.instance_id == db.run_storage_id and homes == {instance.home}
+            and statuses and all(s.get("required") for s in statuses)):
+        db.required_daemons = [s["daemonType"] for s in statuses]
+        db.required_from = "webserver"
+        return
+    db.required_daemons, db.required_error = database.required_daemon_types(
+        instance, daemon.environment)
+    db.required_from = "dagster.yaml"
+
+
+def _observe_backup(instance: Instance) -> checks.BackupObservation:
+    if importlib.util.find_spec("dagpg.backup") is None or \
+            importlib.util.find_spec("dagpg.backup.catalog") is None:
+        return checks.BackupObservation(available=False)
+    from dagpg.backup.catalog import latest_backup
+
+    try:
+        return checks.BackupObservation(True, backup=latest_backup(instance))
+    except DagpgError as exc:
+        return checks.BackupObservation(True, error=str(exc))
+    except Exception as exc:  # noqa: BLE001  (the catalog's own failure: a check, not a crash)
+        log.debug("reading the backup catalog failed", exc_info=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return checks.BackupObservation(True, error=f"reading the backup catalog failed: {first}")
+
+
+def _reread_if_needed(instance: Instance, db: database.DbObservation,
+                      webs: list[webserver.WebObservation], timeout: float) -> None:
+    """A heartbeat may land between our read and the webserver's, and the webserver writes the
+    instance id on its first page: read the database once more when they disagree."""
+    def disagrees(web: webserver.WebObservation) -> bool:
+        if web.page and web.page.instance_id != db.run_storage_id:
+            return True
+        statuses = checks.daemon_statuses(web.status or {})
+        return bool(checks.compare_heartbeats(statuses, db.heartbeat_reads, None))
+
+    if any(disagrees(w) for w in webs):
+        try:
+            database.reread(instance, db, timeout=timeout)
+        except DagpgError as exc:
+            log.debug("re-reading the database failed: %s", exc)
