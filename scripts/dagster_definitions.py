@@ -1,4 +1,13 @@
-"""The Dagster entry point named by dagster_home/workspace.yaml: the only place things are wired."""
+"""The Dagster entry point named by dagster_home/workspace.yaml: the only place things are wired.
+
+The park-access assets (guide §4): project_inputs (two outputs) -> parcels_near_parks ->
+parcel_summary -> summary_excel, in group `park_access`, materialized by `park_access_job` and
+daily by `park_access_daily`. The work is done by `arcpy_orchestration.park_access`; the assets
+pass dataset paths (strings) along, log milestones and attach metadata.
+
+The instance's own nightly backup (`instance_backup`, group `instance_ops`) calls dagpg's library,
+the same code as `dagpg backup` and `dagpg backups prune`, so backups show in the UI.
+"""
 
 import importlib.util
 import sys
@@ -16,23 +25,155 @@ if importlib.util.find_spec("arcpy_orchestration") is None:
     sys.path.insert(0, str(src_dir))
 
 import arcpy_orchestration  # noqa: E402,F401  (initialises the package's loggers)
+from arcpy_orchestration import gis, park_access  # noqa: E402
 from arcpy_orchestration.config import get_config  # noqa: E402
+from dagpg.backup import backup_directory, create_backup, prune_backups  # noqa: E402
+from dagpg.instance import resolve_instance  # noqa: E402
+from dagpg.settings import load_settings  # noqa: E402
 
+# Read once, at load time: a broken config/config.yml (or a backend that cannot import) stops the
+# webserver and the daemon from loading with a one-line message, not the first scheduled run.
 config = get_config()
+SETTINGS = park_access.Settings.from_config(config)
+BACKEND = gis.resolve_backend_name(SETTINGS.backend)  # arcpy itself is imported only in a run
+KIT_SETTINGS = load_settings()  # the `dagpg:` section: backup directory, retention, schedule
 
 PARK_ACCESS_GROUP = "park_access"
+INSTANCE_OPS_GROUP = "instance_ops"
 
 
-@dg.asset(group_name=PARK_ACCESS_GROUP)
-def settings_snapshot(context: dg.AssetExecutionContext) -> dict:
-    """Placeholder until the pipeline lands: records the settings the pipeline will use."""
-    context.log.info("PROJECT_ENV=%s, working WKID %s", config.env, config.spatial.working_wkid)
-    return {"env": config.env, "working_wkid": config.spatial.working_wkid}
+@dg.multi_asset(
+    outs={
+        "parks_projected": dg.AssetOut(
+            dagster_type=str, description="Parks in the working CRS, invalid ones repaired."),
+        "parcels_projected": dg.AssetOut(
+            dagster_type=str, description="Parcels in the working CRS, invalid ones repaired."),
+    },
+    group_name=PARK_ACCESS_GROUP,
+)
+def project_inputs(context: dg.AssetExecutionContext):
+    """Check both input layers and project them to the working WKID."""
+    result = park_access.project_inputs(SETTINGS)
+    context.log.info("projected %d parks and %d parcels to %s (%s backend); %d invalid "
+                     "geometries repaired", result.parks.features, result.parcels.features,
+                     result.crs.name, result.backend,
+                     result.parks.repaired + result.parcels.repaired)
+    for name, layer in (("parks_projected", result.parks), ("parcels_projected", result.parcels)):
+        yield dg.Output(layer.path, output_name=name, metadata={
+            "path": dg.MetadataValue.path(layer.path),
+            "features": layer.features,
+            "repaired_geometries": layer.repaired,
+            "empty_geometries": layer.empty,
+            "crs": f"{result.crs.name} (WKID {result.crs.wkid})",
+        })
+
+
+@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str)
+def parcels_near_parks(context: dg.AssetExecutionContext, parks_projected: str,
+                       parcels_projected: str) -> dg.Output[str]:
+    """The parcels, flagged `near_park` within walk distance of a park, with `park_dist_m`."""
+    selection = park_access.parcels_near_parks(SETTINGS, parks_projected, parcels_projected)
+    share = selection.near / selection.parcels if selection.parcels else 0.0
+    context.log.info("%d of %d parcels within %g m of a park (%.1f%%)", selection.near,
+                     selection.parcels, SETTINGS.walk_distance_m, 100 * share)
+    return dg.Output(selection.path, metadata={
+        "path": dg.MetadataValue.path(selection.path),
+        "parcels": selection.parcels,
+        "parcels_near": selection.near,
+        "share_near": dg.MetadataValue.float(share),
+        "walk_distance_m": SETTINGS.walk_distance_m,
+    })
+
+
+@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str)
+def parcel_summary(context: dg.AssetExecutionContext, parcels_near_parks: str) -> dg.Output[str]:
+    """Counts and value statistics, near vs not near, overall and per district (JSON)."""
+    result = park_access.parcel_summary(SETTINGS, parcels_near_parks)
+    overall = result.summary.overall
+    context.log.info("summary of %d parcels in %d districts written to %s", overall.all.parcels,
+                     len(result.summary.districts), result.path)
+    return dg.Output(result.path, metadata={
+        "path": dg.MetadataValue.path(result.path),
+        "share_parcels_near": dg.MetadataValue.float(overall.share_parcels_near),
+        "share_value_near": dg.MetadataValue.float(overall.share_value_near),
+        "parcels_without_value": overall.all.nulls,
+        "districts": len(result.summary.districts),
+        "preview": dg.MetadataValue.md(result.summary.to_markdown()),
+    })
+
+
+@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str)
+def summary_excel(context: dg.AssetExecutionContext, parcel_summary: str,
+                  parcels_near_parks: str) -> dg.Output[str]:
+    """The analyst's workbook at park_access.output_summary_path."""
+    result = park_access.summary_excel(SETTINGS, parcel_summary, parcels_near_parks)
+    context.log.info("workbook ready: %s", result.path)
+    metadata = {
+        "path": dg.MetadataValue.path(result.path),
+        "sheets": ", ".join(result.sheets),
+        "parcels": result.parcels,
+    }
+    if result.detail_path:
+        context.log.info("parcel-level table (over the row cap) written to %s", result.detail_path)
+        metadata["parcel_table"] = dg.MetadataValue.path(result.detail_path)
+    return dg.Output(result.path, metadata=metadata)
 
 
 park_access_job = dg.define_asset_job(
     name="park_access_job",
     selection=dg.AssetSelection.groups(PARK_ACCESS_GROUP),
+    description="Project the inputs, flag parcels near parks, summarize, write the workbook.",
 )
 
-defs = dg.Definitions(assets=[settings_snapshot], jobs=[park_access_job])
+park_access_daily = dg.ScheduleDefinition(
+    job=park_access_job,
+    cron_schedule=config.park_access.schedule.cron,
+    name="park_access_daily",
+    execution_timezone=config.park_access.schedule.timezone,
+)
+
+
+
+# -- The instance's nightly backup: the library call behind `dagpg backup`, then the retention
+# of `dagpg backups prune`. Cron and timezone: dagpg.backup.schedule in config.yml.
+
+
+@dg.asset(group_name=INSTANCE_OPS_GROUP)
+def instance_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """A backup of this Dagster instance (database, compute logs, dagster.yaml), then retention."""
+    instance = resolve_instance(context.instance.root_directory)
+    settings = load_settings(dagster_home=instance.home)
+    result = create_backup(instance, backup_directory(settings), kind="dagster",
+                           progress=context.log.info)
+    pruned = prune_backups(instance, settings)
+    return dg.MaterializeResult(metadata={
+        "backup": result.name,
+        "path": dg.MetadataValue.path(str(result.path)),
+        "size_bytes": dg.MetadataValue.int(result.size_bytes),
+        "duration_s": dg.MetadataValue.float(round(result.duration_s, 3)),
+        "dump_sha256": result.dump_sha256,
+        "runs": result.row_counts.get("runs", 0),
+        "event_logs": result.row_counts.get("event_logs", 0),
+        "pruned": len(pruned.deleted),
+    })
+
+
+instance_backup_job = dg.define_asset_job(
+    name="instance_backup_job",
+    selection=dg.AssetSelection.assets(instance_backup),
+    description="Back up the Dagster instance (dagpg backup), then prune old backups.",
+)
+instance_backup_nightly = dg.ScheduleDefinition(
+    job=instance_backup_job,
+    name="instance_backup_nightly",
+    cron_schedule=KIT_SETTINGS.backup.schedule.cron,
+    execution_timezone=KIT_SETTINGS.backup.schedule.timezone,
+    default_status=dg.DefaultScheduleStatus.RUNNING,  # a backup nobody switched on is no backup
+)
+
+# Dagster sees only what is listed here.
+defs = dg.Definitions(
+    assets=[project_inputs, parcels_near_parks, parcel_summary, summary_excel, instance_backup],
+    jobs=[park_access_job, instance_backup_job],
+    schedules=[park_access_daily, instance_backup_nightly],
+)

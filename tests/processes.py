@@ -26,17 +26,18 @@ def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_webserver(home: Path, port: int, log_dir: Path, *, path_prefix: str = "",
-                    env: dict[str, str] | None = None) -> subprocess.Popen:
-    argv = [str(BIN / "dagster-webserver"), "-w", str(WORKSPACE), "-h", "127.0.0.1",
+                    env: dict[str, str] | None = None, workspace: Path = WORKSPACE
+                    ) -> subprocess.Popen:
+    argv = [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1",
             "-p", str(port)]
     if path_prefix:
         argv += ["--path-prefix", path_prefix]
     return _spawn(argv, home, log_dir / f"webserver-{port}.log", env)
 
 
-def start_daemon(home: Path, log_dir: Path, *, env: dict[str, str] | None = None
-                 ) -> subprocess.Popen:
-    argv = [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)]
+def start_daemon(home: Path, log_dir: Path, *, env: dict[str, str] | None = None,
+                 workspace: Path = WORKSPACE) -> subprocess.Popen:
+    argv = [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]
     return _spawn(argv, home, log_dir / "daemon.log", env)
 
 

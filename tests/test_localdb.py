@@ -62,6 +62,9 @@ def test_up_is_idempotent_and_serves_what_dagster_yaml_names(local_home):
         assert cur.fetchone() == ("dagster", "dagster", "127.0.0.1/32")
         cur.execute("SHOW password_encryption")
         assert cur.fetchone()[0] == "scram-sha-256"
+        # may create scratch databases (`dagpg backups verify --restore-test`), nothing more
+        cur.execute("SELECT rolcreatedb, rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (True, False)
 
     again = db("up", "--json")
     assert again.exit_code == 0

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("status", sa.Text, nullable=False),  # running | done | failed
         sa.Column("phase", sa.Text),
         sa.Column("dagster_version", sa.Text, nullable=False),
+        sa.Column("plan", JSONB),  # what the source held when the migration started
         sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -46,20 +47,27 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         schema=SCHEMA,
     )
+    # The backup catalog (dagpg.backup.catalog): one row per `dagpg backup`, kept in step with the
+    # folders by backup, verify, prune and restore. The folders and their manifests are the truth.
     op.create_table(
         "backups",
         sa.Column("name", sa.Text, primary_key=True),
         sa.Column("path", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False, server_default="manual"),  # manual | scheduled | pre-restore
         sa.Column("status", sa.Text, nullable=False),  # ok | failed
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
         sa.Column("size_bytes", sa.BigInteger),
         sa.Column("dump_sha256", sa.Text),
         sa.Column("verified_at", sa.DateTime(timezone=True)),
-        sa.Column("verify_status", sa.Text),
+        sa.Column("verify_status", sa.Text),  # ok | failed
+        sa.Column("verify_detail", sa.Text),
+        sa.Column("restore_tested_at", sa.DateTime(timezone=True)),
+        sa.Column("error", sa.Text),
         sa.Column("manifest", JSONB),
         schema=SCHEMA,
     )
+    op.create_index("backups_finished_at", "backups", ["finished_at"], schema=SCHEMA)
 
 
 def downgrade() -> None:

@@ -156,7 +156,9 @@ class LocalCluster:
         conn.autocommit = True
         return conn
 
-    def ensure_role(self, role: str, password: str, *, superuser: bool = False) -> None:
+    def ensure_role(
+        self, role: str, password: str, *, superuser: bool = False, createdb: bool = False
+    ) -> None:
         """Create `role` (or reset its password) so it can log in over TCP with `password`."""
         conn = self.superuser_connect()
         try:
@@ -166,7 +168,8 @@ class LocalCluster:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
                 verb = "ALTER" if cur.fetchone() else "CREATE"
-                attrs = sql.SQL("LOGIN SUPERUSER" if superuser else "LOGIN")
+                attrs = sql.SQL(" ".join(
+                    ["LOGIN"] + ["SUPERUSER"] * superuser + ["CREATEDB"] * createdb))
                 cur.execute(
                     sql.SQL("{} ROLE {} WITH {} PASSWORD {}").format(
                         sql.SQL(verb), sql.Identifier(role), attrs, sql.Literal(verifier)
@@ -373,7 +376,8 @@ def up_for_instance(
             f"{instance.yaml_path} gives no password; set storage.postgres.postgres_db.password "
             "to {env: DAGSTER_PG_PASSWORD}"
         )
-    cluster.ensure_role(target.user, target.password)
+    # CREATEDB: `dagpg backups verify --restore-test` restores into a scratch database.
+    cluster.ensure_role(target.user, target.password, createdb=True)
     if cluster.ensure_database(target.database, owner=target.user) and progress:
         progress(f"created database {target.database!r} owned by {target.user!r}")
     return status

@@ -12,9 +12,10 @@ import copy
 import os
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from dagpg.errors import ConfigurationError
 
@@ -28,6 +29,15 @@ class _Section(BaseModel):
 class Schedule(_Section):
     cron: str = "30 1 * * *"
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError("not a known timezone name") from None
+        return value
 
 
 class Backup(_Section):
@@ -51,6 +61,19 @@ class Webserver(_Section):
 class Verify(_Section):
     heartbeat_max_age_s: float = Field(default=120, gt=0)
     backup_max_age_h: float = Field(default=26, gt=0)
+    schedules: list[str] = ["park_access_daily", "instance_backup_nightly"]  # must be RUNNING
+    timeout_s: float = Field(default=5, gt=0)  # each network call of `dagpg verify`
+
+
+class Windows(_Section):
+    """Where the project lives on the Windows server (`dagpg render`); relative to project_root."""
+
+    project_root: str = r"C:\projects\arcpy-orchestration"
+    env_dir: str = "env"
+    dagster_home: str = "dagster_home"
+    log_dir: str = r"reports\logs"
+    project_env: str = "prod"
+    iis_site: str = "Default Web Site"
 
 
 class KitSettings(_Section):
@@ -58,6 +81,7 @@ class KitSettings(_Section):
     services: Services = Services()
     webserver: Webserver = Webserver()
     verify: Verify = Verify()
+    windows: Windows = Windows()
 
     _path: Path | None = PrivateAttr(default=None)
     _env: str = PrivateAttr(default="dev")
