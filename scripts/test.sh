@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install_postgres.sh
 bash scripts/install_test_tools.sh
 bash scripts/bootstrap.sh
+# PostgreSQL was just installed: a test that cannot get a server fails instead of skipping.
+export DAGPG_REQUIRE_PG=1
 exec .venv/bin/python -m pytest "$@"

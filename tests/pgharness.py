@@ -1,6 +1,7 @@
 """The real PostgreSQL the tests talk to: $TEST_PG_URL, or a throwaway cluster started here.
 
-A test that needs PostgreSQL fails (never skips) when CI is set and no server can be had.
+A test that needs PostgreSQL fails (never skips) when no server can be had and CI or
+DAGPG_REQUIRE_PG (set by scripts/test.sh) is set.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class PgServer:
 
 
 def unavailable(reason: str):
-    """Fail under CI, skip elsewhere: a database test never silently skips in CI."""
-    if os.environ.get("CI"):
+    """Fail under CI (or scripts/test.sh), skip elsewhere: a database test never silently skips
+    in CI."""
+    if os.environ.get("CI") or os.environ.get("DAGPG_REQUIRE_PG"):
         pytest.fail(f"PostgreSQL is required in CI: {reason}", pytrace=False)
     pytest.skip(f"no PostgreSQL: {reason}")
 
