@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,11 @@ def test_unknown_command_is_a_usage_error():
 
 def test_version():
     assert CliRunner().invoke(cli, ["--version"]).output.startswith("dagpg, version ")
+
+
+def test_the_cli_starts_without_alembic_or_sqlalchemy():
+    """They take a third of a second to import; only the commands that use them load them."""
+    probe = "import sys, dagpg.cli; print(sorted({'alembic', 'sqlalchemy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

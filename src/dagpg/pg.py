@@ -10,14 +10,16 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
-import sqlalchemy
-from sqlalchemy.pool import NullPool
 
 from dagpg.errors import AuthenticationError, DatabaseUnavailableError
 from dagpg.instance import PgTarget
+
+if TYPE_CHECKING:
+    import sqlalchemy
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ def connection(target: PgTarget, **kwargs) -> Iterator[psycopg2.extensions.conne
 
 def engine(target: PgTarget, *, database: str | None = None) -> sqlalchemy.Engine:
     """A SQLAlchemy engine whose connections come from `connect()` (no URL holds a password)."""
+    import sqlalchemy  # here, not at the top: commands that do not need it start faster
+    from sqlalchemy.pool import NullPool
+
     return sqlalchemy.create_engine(
         "postgresql+psycopg2://",
         creator=lambda: connect(target, database=database),

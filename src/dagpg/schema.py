@@ -9,15 +9,17 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import alembic.command
-import alembic.config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from typing import TYPE_CHECKING
 
 from dagpg import pg
 from dagpg.errors import SchemaNotAtHeadError
 from dagpg.instance import Instance
+
+if TYPE_CHECKING:
+    import alembic.config
+
+# alembic (and SQLAlchemy under it) is imported where it is used: a third of a second that
+# `dagpg --help` and every other command do not need.
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ def migrations_dir() -> Path:
 
 
 def kit_alembic_config() -> alembic.config.Config:
+    import alembic.config
+
     config = alembic.config.Config()
     config.set_main_option("script_location", str(migrations_dir()))
     return config
@@ -86,6 +90,9 @@ def dagster_alembic_config() -> alembic.config.Config:
 
 def schema_status(instance: Instance) -> SchemaStatus:
     """The current and head revisions of both schemas."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     dagster_head = ScriptDirectory.from_config(dagster_alembic_config()).get_current_head()
     kit_head = ScriptDirectory.from_config(kit_alembic_config()).get_current_head()
     with pg.engine(instance.target).connect() as conn:
@@ -123,6 +130,8 @@ def upgrade(instance: Instance, progress: Callable[[str], None] | None = None) -
 
 
 def upgrade_kit(instance: Instance, revision: str = "head") -> None:
+    import alembic.command
+
     config = kit_alembic_config()
     with pg.engine(instance.target).begin() as conn:
         config.attributes["connection"] = conn

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alembic.script import ScriptDirectory
-
 from dagpg import heartbeats, pg, schema
 from dagpg.errors import DagpgError
 from dagpg.instance import Instance
@@ -94,6 +92,8 @@ def _schema_status(instance: Instance, dagster_current: str | None, kit_current:
     dagster_head = dagster_head_revision()
     if dagster_head is None:  # an unusual Dagster install: ask alembic (imports Dagster)
         return schema.schema_status(instance)
+    from alembic.script import ScriptDirectory
+
     kit_head = ScriptDirectory.from_config(schema.kit_alembic_config()).get_current_head()
     return schema.SchemaStatus(dagster_current, dagster_head, kit_current, kit_head)
 
