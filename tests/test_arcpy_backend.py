@@ -1,21 +1,16 @@
-"""The ArcPy backend against a recording fake of the arcpy calls it makes.
+"""The ArcPy backend against a recording fake of the arcpy calls it makes (tests/arcpy_fake.py).
 
-ArcPy cannot run on this machine (it ships only with ArcGIS Pro on Windows). The fake below
-records every geoprocessing call and emulates just enough of each tool to let the backend run
-end to end: tables of rows in memory, layers with selections, Statistics computed in Python,
-and a per-row `_dist_m` standing in for the geometry SelectLayerByLocation and Near would
-measure. These tests show which tools the backend calls with which arguments and that it reads
-their results correctly; they cannot show that ArcGIS itself behaves as the fake does.
+The fake follows Esri's documentation of each call, and says where it has to assume. These
+tests show which tools the backend calls with which arguments and that it reads their results
+correctly; they cannot show that ArcGIS itself behaves as its documentation says.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
-import statistics
+import logging
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -25,223 +20,15 @@ from arcpy_orchestration.errors import (
     BackendUnavailableError,
     DatasetNotFoundError,
     FieldNotFoundError,
+    InputError,
+    OutputError,
     WorkingCrsError,
 )
+from arcpy_orchestration.gis import transformations
+from tests.arcpy_fake import GDB, WS, Extent, FakeArcpy, FakeSR, city, settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-
-
-# ---- the fake ---------------------------------------------------------------------------
-
-class FakeSR:
-    KNOWN = {
-        4326: ("GCS_WGS_1984", "Geographic", 4326, None, None),
-        4269: ("GCS_North_American_1983", "Geographic", 4269, None, None),
-        26910: ("NAD_1983_UTM_Zone_10N", "Projected", 4269, "Meter", 1.0),
-        2269: ("NAD_1983_StatePlane_Oregon_North_FIPS_3601_Feet_Intl", "Projected", 4269,
-               "Foot", 0.3048),
-    }
-
-    def __init__(self, wkid=None):
-        if wkid not in self.KNOWN:
-            raise RuntimeError("ERROR 999999: Something unexpected caused the tool to fail.")
-        self.name, self.type, gcs, self.linearUnitName, self.metersPerUnit = self.KNOWN[wkid]
-        self.factoryCode = wkid
-        self.angularUnitName = "Degree"
-        self.GCS = types.SimpleNamespace(factoryCode=gcs)
-
-
-class Table:
-    def __init__(self, fields, rows, sr=None, problems=()):
-        self.fields = dict(fields)  # name -> arcpy field type
-        self.rows = [dict(r) for r in rows]
-        self.sr = sr
-        self.problems = list(problems)  # (feature_id, problem) CheckGeometry will report
-
-
-class Layer:
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.selected = None  # row indexes, or None: no selection
-
-
-class Result(list):
-    pass
-
-
-class FakeArcpy(types.ModuleType):
-    """`arcpy` with the calls the backend makes. `calls` lists (tool, args) in order."""
-
-    def __init__(self, data: dict[str, Table]):
-        super().__init__("arcpy")
-        self.__spec__ = importlib.machinery.ModuleSpec("arcpy", None)
-        self.data = dict(data)
-        self.calls: list[tuple] = []
-        self.env = types.SimpleNamespace(overwriteOutput=False, workspace=None)
-        self.SpatialReference = FakeSR
-        self.management = types.SimpleNamespace(**{n: self._tool(n, f) for n, f in {
-            "Project": self._project, "CheckGeometry": self._check_geometry,
-            "RepairGeometry": None, "Delete": self._delete, "GetCount": self._get_count,
-            "CopyFeatures": self._copy, "AddField": self._add_field,
-            "CalculateField": self._calculate_field, "MakeFeatureLayer": self._make_layer,
-            "SelectLayerByLocation": self._select_by_location, "CreateFileGDB": None,
-        }.items()})
-        self.analysis = types.SimpleNamespace(Statistics=self._tool("Statistics", self._stats),
-                                              Near=self._tool("Near", self._near))
-        self.da = types.SimpleNamespace(SearchCursor=self._cursor, Walk=self._walk)
-
-    def _tool(self, name, impl):
-        def call(*args):
-            self.calls.append((name, args))
-            return impl(*args) if impl else Result([args[0]])
-        return call
-
-    def tools(self) -> list[str]:
-        return [name for name, _ in self.calls]
-
-    def args(self, tool: str) -> list[tuple]:
-        return [args for name, args in self.calls if name == tool]
-
-    # -- describing data
-    def Exists(self, path):  # noqa: N802 (arcpy's names)
-        return any(p == path or p.startswith(path.rstrip("/") + "/") for p in self.data)
-
-    def ListFields(self, path):  # noqa: N802
-        table = self.data[path]
-        fields = [("OBJECTID", "OID"), ("Shape", "Geometry"), *table.fields.items()]
-        return [types.SimpleNamespace(name=n, type=t) for n, t in fields]
-
-    def Describe(self, path):  # noqa: N802
-        return types.SimpleNamespace(spatialReference=self.data[path].sr)
-
-    def ListTransformations(self, sr_in, sr_out):  # noqa: N802
-        self.calls.append(("ListTransformations", (sr_in.factoryCode, sr_out.factoryCode)))
-        return ["WGS_1984_(ITRF00)_To_NAD_1983"]
-
-    def _walk(self, container, datatype=None):
-        prefix = container.rstrip("/") + "/"
-        yield container, [], [p[len(prefix):] for p in self.data if p.startswith(prefix)]
-
-    def _cursor(self, source, fields):
-        rows = self._rows(source)
-        return _Cursor([tuple(r.get(f) for f in fields) for r in rows])
-
-    def _rows(self, source):
-        if isinstance(source, Layer):
-            rows = self.data[source.dataset].rows
-            return rows if source.selected is None else [rows[i] for i in source.selected]
-        return self.data[source].rows
-
-    # -- tools
-    def _project(self, src, dst, sr, transform):
-        table = self.data[src]
-        self.data[dst] = Table(table.fields, table.rows, sr, table.problems)
-        return Result([dst])
-
-    def _check_geometry(self, features, out_table, method):
-        problems = self.data[features].problems
-        self.data[out_table] = Table({}, [{"FEATURE_ID": f, "PROBLEM": p} for f, p in problems])
-        return Result([out_table])
-
-    def _delete(self, target):
-        if isinstance(target, str):
-            self.data.pop(target, None)
-        return Result([True])
-
-    def _get_count(self, source):
-        return Result([str(len(self._rows(source)))])
-
-    def _copy(self, src, dst):
-        table = self.data[src]
-        self.data[dst] = Table(table.fields, table.rows, table.sr)
-        return Result([dst])
-
-    def _add_field(self, dataset, name, field_type):
-        self.data[dataset].fields[name] = {"SHORT": "SmallInteger"}.get(field_type, field_type)
-        for row in self.data[dataset].rows:
-            row[name] = None
-        return Result([dataset])
-
-    def _calculate_field(self, target, field, expression, expression_type):
-        for row in self._rows(target):
-            row[field] = int(expression)
-        return Result([target])
-
-    def _make_layer(self, dataset, name):
-        return Result([Layer(dataset)])
-
-    def _select_by_location(self, layer, relation, selecting, distance, selection_type):
-        value, unit = distance.split()
-        assert (relation, unit, selection_type) == ("WITHIN_A_DISTANCE", "Meters",
-                                                    "NEW_SELECTION")
-        rows = self.data[layer.dataset].rows
-        layer.selected = [i for i, r in enumerate(rows)
-                          if r["_dist_m"] is not None and r["_dist_m"] <= float(value)]
-        return Result([layer, layer.dataset, str(len(layer.selected))])
-
-    def _near(self, features, near_features, radius, location, angle, method, names, unit):
-        (source, target), = names
-        for row in self.data[features].rows:
-            row[target] = -1 if row["_dist_m"] is None else row["_dist_m"]
-        self.data[features].fields[target] = "Double"
-        return Result([features])
-
-    def _stats(self, table, out, stat_fields, case):
-        case = case or []
-        groups: dict[tuple, list] = {}
-        for row in self.data[table].rows:
-            groups.setdefault(tuple(row[c] for c in case), []).append(row)
-        rows = []
-        for key, members in groups.items():
-            out_row = dict(zip(case, key, strict=True))
-            out_row["FREQUENCY"] = len(members)
-            for field, stat in stat_fields:
-                values = [m[field] for m in members if m[field] is not None]
-                out_row[f"{stat}_{field}"] = {
-                    "COUNT": len(values), "SUM": sum(values) if values else None,
-                    "MEAN": statistics.fmean(values) if values else None,
-                    "MEDIAN": statistics.median(values) if values else None}[stat]
-            rows.append(out_row)
-        self.data[out] = Table({}, rows)
-        return Result([out])
-
-
-class _Cursor:
-    def __init__(self, rows):
-        self._rows = rows
-
-    def __enter__(self):
-        return iter(self._rows)
-
-    def __exit__(self, *exc):
-        return False
-
-
-# ---- a small city as the fake holds it ------------------------------------------------
-
-WS = "/data/work"
-GDB = "/data/city.gdb"
-PARCEL_FIELDS = {"parcel_id": "Integer", "district": "String", "assessed_value": "Double"}
-# parcel_id, district, assessed_value, distance to the nearest park in metres
-PARCELS = [
-    (1, "North", 100.0, 0.0),
-    (2, "North", 200.0, 800.0),
-    (3, "North", None, 800.01),
-    (4, "South", 400.0, 50.0),
-    (5, "South", 500.0, 2500.0),
-    (6, None, 600.0, 10.0),
-]
-
-
-def city(sr=None) -> dict[str, Table]:
-    sr = sr or FakeSR(4326)
-    rows = [{"parcel_id": p, "district": d, "assessed_value": v, "_dist_m": m}
-            for p, d, v, m in PARCELS]
-    return {
-        f"{GDB}/parcels": Table(PARCEL_FIELDS, rows, sr, problems=[]),
-        f"{GDB}/parks": Table({"name": "String"}, [{"name": "A"}, {"name": "B"}], sr,
-                              problems=[(2, "self intersections"), (2, "self intersections")]),
-    }
+ITRF00 = "WGS_1984_(ITRF00)_To_NAD_1983"
 
 
 @pytest.fixture
@@ -253,54 +40,132 @@ def fake(monkeypatch):
     sys.modules.pop("arcpy_orchestration.gis.arcpy_backend", None)
 
 
-def settings(tmp_path, **changes) -> park_access.Settings:
-    values = dict(parks_fc=f"{GDB}/parks", parcels_fc=f"{GDB}/parcels", working_wkid=26910,
-                  walk_distance_m=800.0, workspace=WS,
-                  output_summary_path=str(tmp_path / "summary.xlsx"), backend="arcpy")
-    values.update(changes)
-    return park_access.Settings(**values)
-
-
-# ---- tests ----------------------------------------------------------------------------------
-
 def test_whole_pipeline_calls_the_geoprocessing_tools_in_order(fake, tmp_path):
     result = park_access.run(settings(tmp_path))
 
     out = f"{WS}/park_access.gdb"
     assert fake.tools() == [
-        "CreateFileGDB", "ListTransformations", "Project", "CheckGeometry", "Delete",
+        "ListTransformations", "CreateFileGDB", "Project", "CheckGeometry", "Delete",
         "RepairGeometry", "GetCount",  # parks: one invalid geometry, repaired
         "ListTransformations", "Project", "CheckGeometry", "Delete", "GetCount",  # parcels
         "CopyFeatures", "AddField", "CalculateField", "MakeFeatureLayer",
         "SelectLayerByLocation", "GetCount", "CalculateField", "Delete", "Near", "GetCount",
-        "Statistics", "Delete", "Statistics", "Delete", "Statistics", "Delete",
-        "Statistics", "Delete", "GetCount",
+        "GetCount",  # the workbook's parcel sheet
     ]
-    assert fake.args("CreateFileGDB") == [(f"{WS}", "park_access.gdb")]
+    assert fake.args("CreateFileGDB") == [{"out_folder_path": WS,
+                                           "out_name": "park_access.gdb"}]
     project = fake.args("Project")
-    assert [(a[0], a[1], a[2].factoryCode, a[3]) for a in project] == [
-        (f"{GDB}/parks", f"{out}/parks_projected", 26910, "WGS_1984_(ITRF00)_To_NAD_1983"),
-        (f"{GDB}/parcels", f"{out}/parcels_projected", 26910, "WGS_1984_(ITRF00)_To_NAD_1983"),
+    assert [(a["in_dataset"], a["out_dataset"], a["out_coor_system"].factoryCode,
+             a["transform_method"]) for a in project] == [
+        (f"{GDB}/parks", f"{out}/parks_projected", 26910, ITRF00),
+        (f"{GDB}/parcels", f"{out}/parcels_projected", 26910, ITRF00),
     ]
-    assert fake.args("RepairGeometry") == [(f"{out}/parks_projected", "KEEP_NULL", "OGC")]
-    layer, relation, parks, distance, how = fake.args("SelectLayerByLocation")[0]
-    assert (relation, parks, distance, how) == (
-        "WITHIN_A_DISTANCE", f"{out}/parks_projected", "800.0 Meters", "NEW_SELECTION")
-    assert fake.args("Near")[0][1:] == (f"{out}/parks_projected", None, "NO_LOCATION",
-                                        "NO_ANGLE", "PLANAR", [["NEAR_DIST", "park_dist_m"]],
-                                        "Meters")
-    stats = fake.args("Statistics")
-    assert [s[2] for s in stats] == [[["assessed_value", s] for s in
-                                      ("COUNT", "SUM", "MEAN", "MEDIAN")]] * 4
-    assert [s[3] for s in stats] == [["district", "near_park"], ["near_park"], ["district"],
-                                     None]
+    assert fake.args("RepairGeometry") == [{"in_features": f"{out}/parks_projected",
+                                            "delete_null": "KEEP_NULL",
+                                            "validation_method": "OGC"}]
+    select = fake.args("SelectLayerByLocation")[0]
+    assert (select["overlap_type"], select["select_features"], select["search_distance"],
+            select["selection_type"]) == ("WITHIN_A_DISTANCE", f"{out}/parks_projected",
+                                          "800.0 Meters", "NEW_SELECTION")
+    assert fake.args("Near") == [{"in_features": f"{out}/parcels_near_parks",
+                                  "near_features": f"{out}/parks_projected",
+                                  "method": "PLANAR",
+                                  "field_names": [["NEAR_DIST", "park_dist_m"]]}]
     assert result.detail_in_workbook and result.parcels == 6
 
+
+def test_every_tool_is_called_with_documented_keywords_only(fake, tmp_path):
+    """A parameter the oldest supported Pro lacks (Near's distance_unit) fails in the fake."""
+    park_access.run(settings(tmp_path))  # every call bound to a documented signature
+    assert len(fake.calls) == 23
+    with pytest.raises(TypeError):
+        fake.analysis.Near(in_features="a", near_features="b", distance_unit="METERS")
+
+
+# ---- the datum transformation -------------------------------------------------------------
+
+def test_the_transformation_is_chosen_for_the_data_extent(fake, tmp_path):
+    park_access.project_inputs(settings(tmp_path))
+    listed = fake.args("ListTransformations")
+    assert [(a["from_sr"], a["to_sr"], a["extent"]) for a in listed] == [
+        (4326, 26910, Extent(-122.75, 45.45, -122.60, 45.55))] * 2
+    # Without the extent the fake (like the code before this fix) would have started with the
+    # 4 m null transformation: the old `ListTransformations(sr_in, sr_out)[0]`.
+    assert fake.ListTransformations(FakeSR(4326), FakeSR(26910))[0] == "NAD_1983_To_WGS_1984_1"
+
+
+def test_a_pair_both_backends_do_not_share_takes_arcgis_first_for_the_extent(monkeypatch,
+                                                                             tmp_path):
+    """NAD27 data: not in gis.transformations, so Esri's ranking for the extent decides;
+    without the extent the first candidate is Alaska's."""
+    arcpy = FakeArcpy(city(sr=FakeSR(4267)))
+    monkeypatch.setitem(sys.modules, "arcpy", arcpy)
+    monkeypatch.delitem(sys.modules, "arcpy_orchestration.gis.arcpy_backend", raising=False)
+    park_access.project_inputs(settings(tmp_path))
+    assert {a["transform_method"] for a in arcpy.args("Project")} == {
+        "NAD_1927_To_NAD_1983_NADCON"}
+    assert arcpy.ListTransformations(FakeSR(4267), FakeSR(26910))[0] == \
+        "NAD_1927_To_NAD_1983_AK"
+
+
+def test_data_no_transformation_covers_is_one_line_and_nothing_is_written(monkeypatch,
+                                                                          tmp_path):
+    arcpy = FakeArcpy(city(extent=Extent(10.0, 50.0, 10.1, 50.1)))  # Germany, not N. America
+    monkeypatch.setitem(sys.modules, "arcpy", arcpy)
+    monkeypatch.delitem(sys.modules, "arcpy_orchestration.gis.arcpy_backend", raising=False)
+    with pytest.raises(InputError) as err:
+        park_access.project_inputs(settings(tmp_path))
+    assert str(err.value) == (
+        f"{GDB}/parks: ArcGIS knows no datum transformation from GCS_WGS_1984 to "
+        "GCS_North_American_1983 that covers the data; set spatial.working_wkid to a "
+        "coordinate system on GCS_WGS_1984, or project the data first")
+    assert "Project" not in arcpy.tools() and "CreateFileGDB" not in arcpy.tools()
+
+
+def test_when_the_shared_transformation_does_not_cover_the_data_arcgis_first_is_used(
+        fake, tmp_path, caplog):
+    fake.transformations = [t for t in fake.transformations if t.name != ITRF00]
+    with caplog.at_level(logging.WARNING):
+        park_access.project_inputs(settings(tmp_path))
+    assert {a["transform_method"] for a in fake.args("Project")} == {"NAD_1983_To_WGS_1984_1"}
+    assert f"{ITRF00} does not cover the data; using NAD_1983_To_WGS_1984_1" in caplog.text
+
+
+def test_both_backends_use_the_same_transformation_for_the_sample_city_pair(fake, tmp_path):
+    """The ArcPy backend hands Project the Esri name; the open-source backend runs the same
+    operation from PROJ's database (ESRI:108190), not PROJ's default null transformation."""
+    import numpy as np
+    import pyproj
+
+    from arcpy_orchestration.gis.open_source import transformer_for
+
+    wanted = transformations.preferred(4326, 4269)
+    park_access.project_inputs(settings(tmp_path))
+    assert {a["transform_method"] for a in fake.args("Project")} == {wanted.esri_name}
+
+    lon, lat = np.meshgrid(np.linspace(-122.75, -122.60, 7), np.linspace(45.45, 45.55, 7))
+    lon, lat = lon.ravel(), lat.ravel()
+    t = transformer_for(pyproj.CRS(4326), pyproj.CRS(26910), (-122.75, 45.45, -122.60, 45.55))
+    assert wanted.esri_name in t.description
+    x, y = t.transform(lon, lat)
+    # The same operation, spelled out: ESRI:108190's Helmert (lat/lon in and out), then UTM.
+    op = pyproj.crs.CoordinateOperation.from_authority(wanted.authority, wanted.code)
+    lat2, lon2 = pyproj.Transformer.from_pipeline(op.to_proj4()).transform(lat, lon)
+    x2, y2 = pyproj.Transformer.from_crs(4269, 26910, always_xy=True).transform(lon2, lat2)
+    assert np.hypot(x - x2, y - y2).max() < 1e-6
+    # PROJ's default would be the 4 m null transformation EPSG:1188, 1.28 m away in Portland.
+    x0, y0 = pyproj.Transformer.from_crs(4326, 26910, always_xy=True).transform(lon, lat)
+    shift = np.hypot(x - x0, y - y0)
+    assert 1.2 < shift.min() and shift.max() < 1.4
+
+
+# ---- reading the tools' results ---------------------------------------------------------
 
 def test_selection_flags_only_the_selected_parcels(fake, tmp_path):
     s = settings(tmp_path)
     projected = park_access.project_inputs(s)
     assert (projected.parks.repaired, projected.parcels.repaired) == (1, 0)
+    assert (projected.parks.empty, projected.parcels.empty) == (1, 0)  # "Null geometry"
     selection = park_access.parcels_near_parks(s, projected.parks.path, projected.parcels.path)
     assert (selection.parcels, selection.near) == (6, 4)
     rows = fake.data[selection.path].rows
@@ -308,17 +173,27 @@ def test_selection_flags_only_the_selected_parcels(fake, tmp_path):
         (1, 1), (2, 1), (3, 0), (4, 1), (5, 0), (6, 1)]
 
 
-def test_summary_is_read_from_the_statistics_tables(fake, tmp_path):
+def test_null_geometry_is_recognised_whatever_its_case(fake, tmp_path):
+    fake.data[f"{GDB}/parks"].problems = [(3, "NULL GEOMETRY"), (4, "null geometry")]
+    projected = park_access.project_inputs(settings(tmp_path))
+    assert (projected.parks.empty, projected.parks.repaired) == (2, 0)
+    assert "RepairGeometry" not in fake.tools()
+
+
+def test_summary_is_computed_from_a_search_cursor_not_the_statistics_tool(fake, tmp_path):
+    """Esri documents that Statistics excludes null values, not how null case values group or
+    the MEDIAN of an even count: the backend reads rows and computes the shared definition."""
     s = settings(tmp_path)
     projected = park_access.project_inputs(s)
     selection = park_access.parcels_near_parks(s, projected.parks.path, projected.parcels.path)
     summary = park_access.parcel_summary(s, selection.path).summary
+    assert not hasattr(fake.analysis, "Statistics")
 
     o = summary.overall
     assert (o.all.parcels, o.near.parcels, o.not_near.parcels) == (6, 4, 2)
     assert (o.near.total, o.not_near.total, o.all.nulls, o.not_near.nulls) == (
         1300.0, 500.0, 1, 1)
-    assert o.near.median == 300.0 and o.all.median == 400.0
+    assert o.near.median == 300.0 and o.all.median == 400.0  # even count: mean of the middle
     assert o.share_parcels_near == pytest.approx(4 / 6)
     assert o.share_value_near == pytest.approx(1300 / 1800)
     north, south, none = summary.districts
@@ -329,7 +204,37 @@ def test_summary_is_read_from_the_statistics_tables(fake, tmp_path):
     assert (none.area, none.near.parcels) == ("(no district)", 1)
 
 
-def test_detail_rows_turn_nears_minus_one_into_blanks(fake, tmp_path, monkeypatch):
+def test_both_backends_summarise_the_same_rows_alike():
+    import numpy as np
+    import pandas as pd
+
+    from arcpy_orchestration.gis.open_source import group_statistics
+    from arcpy_orchestration.summary import group_statistics_rows
+
+    rng = np.random.default_rng(7)
+    n = 2_000
+    district = rng.choice(np.array(["A", "B", "", None, 3.0, "C"], dtype=object), n)
+    value = rng.normal(1000, 300, n).round(2)
+    value[rng.random(n) < 0.05] = np.nan
+    near = (rng.random(n) < 0.4).astype("int16")
+    frame = pd.DataFrame({"district": district, "near_park": near, "value": value})
+    rows = [(d, int(k), None if v != v else float(v)) for d, k, v in
+            zip(district, near, value, strict=True)]
+
+    def table(groups):
+        return {(g.district, g.cls): g.stats for g in groups}
+
+    mine, theirs = table(group_statistics_rows(rows)), table(group_statistics(frame, "value",
+                                                                              "district"))
+    assert mine.keys() == theirs.keys() and len(mine) == 5 * 3 + 3  # "" and None: one group
+    for key, stats in mine.items():
+        other = theirs[key]
+        assert (stats.parcels, stats.valued) == (other.parcels, other.valued), key
+        for name in ("total", "mean", "median"):
+            assert getattr(stats, name) == pytest.approx(getattr(other, name), rel=1e-12), key
+
+
+def test_detail_rows_turn_nears_minus_one_into_blanks(fake, tmp_path):
     fake.data[f"{GDB}/parcels"].rows[4]["_dist_m"] = None  # Near finds nothing: -1
     s = settings(tmp_path, detail_row_cap=2)
     result = park_access.run(s)
@@ -340,13 +245,77 @@ def test_detail_rows_turn_nears_minus_one_into_blanks(fake, tmp_path, monkeypatc
     assert lines[5] == "5,South,500.0,0,"
 
 
-def test_feet_crs_keeps_the_distance_in_metres_for_arcgis_to_convert(fake, tmp_path):
+def test_feet_crs_converts_near_dist_to_metres(fake, tmp_path):
+    """SelectLayerByLocation converts "800 Meters" itself; Near writes feet for a CRS in feet,
+    which the backend turns into metres (keeping -1 for "none found")."""
+    fake.data[f"{GDB}/parcels"].rows[4]["_dist_m"] = None
     s = settings(tmp_path, working_wkid=2269)
     projected = park_access.project_inputs(s)
     selection = park_access.parcels_near_parks(s, projected.parks.path, projected.parcels.path)
-    assert fake.args("SelectLayerByLocation")[0][3] == "800.0 Meters"
+    assert fake.args("SelectLayerByLocation")[0]["search_distance"] == "800.0 Meters"
     assert selection.distance_units == pytest.approx(800 / 0.3048)
+    assert fake.args("CalculateField")[-1]["field"] == "park_dist_m"
+    dist = {r["parcel_id"]: r["park_dist_m"] for r in fake.data[selection.path].rows}
+    assert dist[2] == pytest.approx(800.0) and dist[3] == pytest.approx(800.01)
+    assert dist[5] == -1
 
+
+def test_a_geopackage_workspace_is_created_as_a_geopackage(fake, tmp_path):
+    park_access.project_inputs(settings(tmp_path, workspace="/data/work.gpkg"))
+    assert fake.args("CreateSQLiteDatabase") == [{"out_database_name": "/data/work.gpkg",
+                                                  "spatial_type": "GEOPACKAGE"}]
+    assert "CreateFileGDB" not in fake.tools()
+    assert [a["out_dataset"] for a in fake.args("Project")] == [
+        "/data/work.gpkg/parks_projected", "/data/work.gpkg/parcels_projected"]
+
+
+# ---- locks and failed tools ----------------------------------------------------------------
+
+def test_an_output_open_in_arcgis_pro_is_one_line_and_left_untouched(fake, tmp_path):
+    s = settings(tmp_path)
+    park_access.project_inputs(s)
+    out = f"{WS}/park_access.gdb/parks_projected"
+    before = fake.data[out]
+    fake.locks.add(out)
+    fake.calls.clear()
+    with pytest.raises(OutputError) as err:
+        park_access.project_inputs(s)
+    assert str(err.value) == (
+        f"{out}: cannot replace it, another application holds a lock on it (open in ArcGIS "
+        "Pro?); close it there, or remove it from the map, and re-run")
+    assert fake.args("TestSchemaLock") == [{"dataset": out}]
+    assert "Project" not in fake.tools() and fake.data[out] is before
+
+
+def test_a_lock_taken_after_the_test_is_reported_the_same_way(fake, tmp_path, monkeypatch):
+    s = settings(tmp_path)
+    park_access.project_inputs(s)
+    out = f"{WS}/park_access.gdb/parks_projected"
+    fake.locks.add(out)
+    monkeypatch.setattr(fake, "TestSchemaLock", lambda dataset: True)  # the race
+    with pytest.raises(OutputError) as err:
+        park_access.project_inputs(s)
+    assert str(err.value) == (
+        f"projecting {GDB}/parks to {out}: ERROR 000464: Cannot get exclusive schema lock.  "
+        "Either being edited or in use by another application or service.; close the data in "
+        "ArcGIS Pro (or the map that shows it) and re-run")
+
+
+def test_a_failed_tool_is_one_line_naming_what_was_done(fake, tmp_path, caplog):
+    fake.fail["CopyFeatures"] = ("ERROR 000210: Cannot create output /data/work/park_access.gdb"
+                                 "/parcels_near_parks\nFailed to execute (CopyFeatures).")
+    s = settings(tmp_path)
+    projected = park_access.project_inputs(s)
+    with caplog.at_level(logging.ERROR), pytest.raises(OutputError) as err:
+        park_access.parcels_near_parks(s, projected.parks.path, projected.parcels.path)
+    assert str(err.value) == (
+        f"flagging the parcels of {projected.parcels.path} near {projected.parks.path} into "
+        f"{WS}/park_access.gdb/parcels_near_parks: ERROR 000210: Cannot create output "
+        "/data/work/park_access.gdb/parcels_near_parks; the run log holds ArcGIS's messages")
+    assert "Failed to execute (CopyFeatures)." in caplog.text
+
+
+# ---- bad input ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("change", "error", "message"), [
     (dict(value_field="value"), FieldNotFoundError,
@@ -375,6 +344,14 @@ def test_bad_input_is_one_line_and_nothing_is_written(fake, tmp_path, change, er
     assert "Project" not in fake.tools() and "CreateFileGDB" not in fake.tools()
 
 
+@pytest.mark.parametrize("raised", [RuntimeError, ValueError])
+def test_an_unknown_wkid_whatever_arcpy_raises(fake, tmp_path, monkeypatch, raised):
+    """ASSUMPTION: the exception type for an unknown WKID is not documented."""
+    monkeypatch.setattr(FakeSR, "unknown_error", raised)
+    with pytest.raises(WorkingCrsError):
+        park_access.project_inputs(settings(tmp_path, working_wkid=123456))
+
+
 def test_arcpy_backend_refused_where_arcpy_is_missing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "arcpy", None)  # as if not installed
     with pytest.raises(BackendUnavailableError) as err:
@@ -391,7 +368,7 @@ import sys
 for name in ("geopandas", "shapely", "pyproj", "pyogrio", "pyarrow", "pandas", "dagster"):
     sys.modules[name] = None
 sys.path.insert(0, {str(PROJECT_DIR)!r})
-from tests.test_arcpy_backend import FakeArcpy, city, settings
+from tests.arcpy_fake import FakeArcpy, city, settings
 from pathlib import Path
 sys.modules["arcpy"] = FakeArcpy(city())
 from arcpy_orchestration import gis, park_access

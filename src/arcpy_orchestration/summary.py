@@ -7,7 +7,10 @@ shares, and reads/writes the summary as JSON (what the `parcel_summary` asset ha
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -132,6 +135,32 @@ def assemble(groups: list[GroupStats], *, walk_distance_m: float, value_field: s
 
     return Summary(area(ALL_PARCELS, None), tuple(area(d, d) for d in districts),
                    walk_distance_m, value_field, district_field, parcels, notes or {})
+
+
+def group_statistics_rows(rows: Iterable[tuple]) -> list[GroupStats]:
+    """Near/not-near/all statistics, per district and overall, from (district, near, value)
+    rows: the same definitions as the open-source backend's pandas code (districts by label,
+    nulls and NaN counted as parcels without a value, median of an even count the mean of the
+    two middle values). Backends whose own statistics tools leave these undefined use this."""
+    values: dict[tuple[str | None, str], list[float]] = {}
+    parcels: dict[tuple[str | None, str], int] = {}
+    for district, near, value in rows:
+        label = district_label(district)
+        cls = "near" if near == 1 else "not_near"
+        number = None if value is None else float(value)
+        for key in ((label, cls), (None, cls), (label, "all"), (None, "all")):
+            parcels[key] = parcels.get(key, 0) + 1
+            bucket = values.setdefault(key, [])
+            if number is not None and not math.isnan(number):
+                bucket.append(number)
+    groups = []
+    for key, count in parcels.items():
+        vals = values[key]
+        groups.append(GroupStats(key[0], key[1], Stats(
+            count, len(vals), math.fsum(vals),
+            statistics.fmean(vals) if vals else None,
+            statistics.median(vals) if vals else None)))
+    return groups
 
 
 def district_label(value) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,7 +22,7 @@ import shapely
 
 from arcpy_orchestration import datasets
 from arcpy_orchestration.errors import InputError, OutputError
-from arcpy_orchestration.gis import proximity
+from arcpy_orchestration.gis import proximity, transformations
 from arcpy_orchestration.gis.base import (
     DIST_FIELD,
     NEAR_FIELD,
@@ -82,7 +83,10 @@ class OpenSourceBackend:
         log.info("projecting %s (%d features) from %s to %s", src, len(frame),
                  frame.crs.name, crs.name)
         target = pyproj.CRS(crs.code)
-        geoms = project_array(singlepart(frame.geometry.values), frame.crs, target)
+        transformer = transformer_for(frame.crs, target, frame.total_bounds)
+        if transformer is not None:
+            log.info("%s: %s", src, transformer.description)
+        geoms = project_array(singlepart(frame.geometry.values), transformer)
         geoms, repaired = repair(geoms)
         frame = frame.set_geometry(gpd.GeoSeries(geoms, index=frame.index, crs=target))
         empty = int((shapely.is_missing(geoms) | shapely.is_empty(geoms)).sum())
@@ -196,11 +200,51 @@ def singlepart(geoms) -> np.ndarray:
     return geoms
 
 
-def project_array(geoms: np.ndarray, source: pyproj.CRS, target: pyproj.CRS) -> np.ndarray:
-    """Geometries transformed between CRSs (x/y order whatever the CRS's axis order)."""
-    if source.equals(target) or len(geoms) == 0:
+def transformer_for(source: pyproj.CRS, target: pyproj.CRS,
+                    bounds=None) -> pyproj.Transformer | None:
+    """The transformer from `source` to `target` (x/y order), None when they are equal.
+
+    Between geographic CRSs listed in `transformations` it is the listed datum transformation,
+    the one the ArcPy backend hands to Project; otherwise PROJ's best for the data's area
+    (`bounds` in source coordinates)."""
+    if source.equals(target):
+        return None
+    area = _area_of_interest(source, bounds)
+    wanted = transformations.preferred(_gcs_code(source), _gcs_code(target))
+    if wanted is not None:
+        with warnings.catch_warnings():  # "best transformation not available": a missing grid
+            warnings.simplefilter("ignore", UserWarning)
+            group = pyproj.transformer.TransformerGroup(
+                source, target, always_xy=True, authority="any", area_of_interest=area)
+        for t in group.transformers:
+            if wanted.esri_name in t.description:
+                return t
+        log.warning("%s (%s) does not cover the data: projecting with PROJ's own choice, so "
+                    "the ArcPy backend may place features differently", wanted.esri_name,
+                    wanted.code_str)
+    return pyproj.Transformer.from_crs(source, target, always_xy=True, area_of_interest=area)
+
+
+def _gcs_code(crs: pyproj.CRS) -> int | None:
+    geodetic = crs.geodetic_crs
+    return geodetic.to_epsg() if geodetic is not None else None
+
+
+def _area_of_interest(source: pyproj.CRS, bounds) -> pyproj.aoi.AreaOfInterest | None:
+    if bounds is None or not np.all(np.isfinite(bounds)):
+        return None
+    west, south, east, north = (float(b) for b in bounds)
+    if not source.is_geographic:
+        to_lonlat = pyproj.Transformer.from_crs(source, source.geodetic_crs, always_xy=True)
+        west, south, east, north = to_lonlat.transform_bounds(west, south, east, north)
+    return pyproj.aoi.AreaOfInterest(west, south, east, north)
+
+
+def project_array(geoms: np.ndarray, transformer: pyproj.Transformer | None) -> np.ndarray:
+    """Geometries transformed by an x/y-ordered transformer (None: unchanged)."""
+    if transformer is None or len(geoms) == 0:
         return geoms
-    t = pyproj.Transformer.from_crs(source, target, always_xy=True)
+    t = transformer
     return shapely.transform(geoms, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
 
 
