@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -76,12 +76,20 @@ class Windows(_Section):
     iis_site: str = "Default Web Site"
 
 
+class Arcpy(_Section):
+    """`dagpg verify`'s check that arcpy imports with a license in the services' Python."""
+
+    check: Literal["auto", "required", "off"] = "auto"  # auto: where arcpy is installed there
+    timeout_s: float = Field(default=120, gt=0)  # importing arcpy checks out a license
+
+
 class KitSettings(_Section):
     backup: Backup = Backup()
     services: Services = Services()
     webserver: Webserver = Webserver()
     verify: Verify = Verify()
     windows: Windows = Windows()
+    arcpy: Arcpy = Arcpy()
 
     _path: Path | None = PrivateAttr(default=None)
     _env: str = PrivateAttr(default="dev")

@@ -6,7 +6,7 @@ import click
 
 from dagpg.cli.options import dagster_home_option, emit_json, json_option
 from dagpg.settings import load_settings
-from dagpg.verify import verify as run_verify
+from dagpg.verify.full import verify_full
 
 
 @click.command("verify")
@@ -27,16 +27,20 @@ from dagpg.verify import verify as run_verify
 @click.option("--max-backup-age", "backup_max_age_h", metavar="HOURS", type=float,
               default=None, help="Oldest acceptable newest backup. Default: "
                                  "dagpg.verify.backup_max_age_h (26).")
+@click.option("--wait", "wait_s", metavar="SECONDS", type=float, default=0.0,
+              help="While the daemon has no fresh heartbeats (it was just started), check "
+                   "again every 5 s for up to SECONDS. Default: 0, judge at once.")
 @dagster_home_option
 @json_option
 def verify(webserver_url, public_url, servy_configs, heartbeat_max_age_s, backup_max_age_h,
-           dagster_home, as_json) -> None:
+           wait_s, dagster_home, as_json) -> None:
     """Check that the webserver and the daemon share one healthy instance.
 
     Checks: both services resolve to the same PostgreSQL database; it answers and both schemas
     are at head; every daemon Dagster requires has a fresh heartbeat; the webserver (and the
     public URL, WebSocket included) serves the database's instance id and its heartbeat times;
-    the definitions load; the schedules run; the newest backup is recent.
+    the definitions load; the schedules run; the newest backup is recent; where the services'
+    Python has arcpy, it imports with an ArcGIS license (dagpg.arcpy).
 
     Exit code 0 when no check failed (warnings and skipped checks pass), 1 when one failed,
     2 for a usage or configuration error.
@@ -46,14 +50,19 @@ def verify(webserver_url, public_url, servy_configs, heartbeat_max_age_s, backup
       dagpg verify
       dagpg verify --public-url https://gis-server/dagster --json
       dagpg verify --servy-config DagsterWebserver.xml --servy-config DagsterDaemon.xml
+      dagpg verify --wait 180    # right after starting the services
     """
     for name, value in (("--max-heartbeat-age", heartbeat_max_age_s),
                         ("--max-backup-age", backup_max_age_h)):
         if value is not None and value <= 0:
             raise click.BadParameter("must be greater than 0", param_hint=name)
+    if wait_s < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--wait")
     settings = load_settings(dagster_home=dagster_home)
-    report = run_verify(
+    report = verify_full(
         settings,
+        wait_s=wait_s,
+        progress=lambda line: click.echo(line, err=True),
         dagster_home=dagster_home,
         webserver_url=webserver_url,
         public_url=public_url,

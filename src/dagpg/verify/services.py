@@ -33,6 +33,7 @@ class ServiceHome:
     dagster_home: str | None
     environment: dict[str, str] = field(default_factory=dict, repr=False)
     parameters: str = ""  # the command line Servy passes to the program
+    executable: str = ""  # the program Servy starts (ExecutablePath); "" from the environment
 
     @property
     def label(self) -> str:
@@ -93,7 +94,7 @@ def _from_servy(path: Path, settings: KitSettings) -> ServiceHome:
         )
     environment = {str(k): str(v) for k, v in (service.environment or {}).items()}
     return ServiceHome(role, service.name, str(path), environment.get("DAGSTER_HOME"),
-                       environment, service.parameters or "")
+                       environment, service.parameters or "", service.executable)
 
 
 def _role(service, settings: KitSettings) -> str | None:

@@ -1,0 +1,59 @@
+"""`verify()` plus what a freshly set-up server needs: a bounded wait for the daemon's first
+heartbeats (a daemon just started has written none yet), and the ArcPy license check in the
+services' Python (`arcpy_license`), run alongside."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from dagpg.settings import KitSettings
+from dagpg.verify import arcpy_license
+from dagpg.verify.checks import FAIL
+from dagpg.verify.report import Report
+from dagpg.verify.runner import verify
+from dagpg.verify.services import DAEMON, service_homes
+
+HEARTBEATS = "daemon.heartbeats"
+POLL_S = 5.0
+
+
+def verify_full(
+    settings: KitSettings,
+    *,
+    wait_s: float = 0.0,
+    poll_s: float = POLL_S,
+    progress: Callable[[str], None] | None = None,
+    dagster_home: str | os.PathLike | None = None,
+    servy_configs: Sequence[str | os.PathLike] = (),
+    **options,
+) -> Report:
+    """`verify()`; while the daemon's heartbeats fail, check again every `poll_s` for up to
+    `wait_s` more seconds (nothing else is waited for: a wrong password fails at once); where
+    the services' Python has arcpy, whether it imports with a license."""
+    started = time.monotonic()
+    daemon = service_homes(settings, servy_configs, dagster_home)[DAEMON]
+    kwargs = dict(options, dagster_home=dagster_home, servy_configs=servy_configs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-arcpy") as pool:
+        licensed = pool.submit(arcpy_license.check, settings, daemon)
+        report = verify(settings, **kwargs)
+        deadline = time.monotonic() + wait_s
+        while (detail := _waiting_for(report)) and time.monotonic() < deadline:
+            left = deadline - time.monotonic()
+            if progress:
+                progress(f"waiting for the daemon's heartbeats ({left:.0f} s left): {detail}")
+            time.sleep(max(0.0, min(poll_s, left)))
+            report = verify(settings, **kwargs)
+        extra = licensed.result()
+    if extra is not None:
+        report.checks.append(extra)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _waiting_for(report: Report) -> str | None:
+    """The heartbeat check's detail while it fails, else None."""
+    found = next((c for c in report.checks if c.name == HEARTBEATS), None)
+    return found.detail if found is not None and found.status == FAIL else None
