@@ -230,7 +230,7 @@ def _is_version(version: str) -> bool:
 
 # ---- command line ----------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check-pro", help="is this ArcGIS Pro's Python one the project supports?")
@@ -239,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     plan_cmd.add_argument("--constraints", required=True, type=Path)
     plan_cmd.add_argument("--allow", action="append", default=[],
                           help="a package arcpy depends on that pip may replace anyway")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     prefix = Path(sys.prefix)
     records = conda_records(prefix)
     if args.command == "check-pro":
