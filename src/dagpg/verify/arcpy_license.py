@@ -15,6 +15,7 @@ ArcEditor, ArcInfo for Basic, Standard, Advanced: Esri, ProductInfo) and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -83,6 +84,9 @@ def check(settings: KitSettings, daemon: ServiceHome) -> CheckResult | None:
             f"cannot find the Python of {daemon.name} ({daemon.executable}) on this machine; "
             "run dagpg verify on the server with the service's exported Servy config",
             {"executable": daemon.executable})
+    if (mode == "auto" and python == Path(sys.executable) and not daemon.environment
+            and importlib.util.find_spec("arcpy") is None):
+        return None  # this very Python, without arcpy: no child process needed to know it
     env = {**os.environ, **daemon.environment}
     env.pop("DAGSTER_PG_PASSWORD", None)  # the probe needs no secret
     data = {"python": str(python), "service": daemon.name}
