@@ -145,6 +145,8 @@ def server_info(prefix: str, title: str, web: WebObservation | None, installed: 
     if web is None:
         return CheckResult(name, title, SKIP, "no --public-url given")
     url = web.base.url("/server_info")
+    if web.login_required:
+        return CheckResult(name, title, SKIP, _login_hint(web), {"url": url})
     if web.info_error:
         if " answered HTTP 404" in web.info_error:
             hint = ("is the path prefix right? (the URL's path must be dagster-webserver's "
@@ -165,7 +167,14 @@ def _unreachable(name: str, title: str, web: WebObservation | None) -> CheckResu
         return CheckResult(name, title, SKIP, "no --public-url given")
     if web.unreachable:
         return CheckResult(name, title, SKIP, f"{web.base.url()} does not answer: see above")
+    if web.login_required:
+        return CheckResult(name, title, SKIP, _login_hint(web))
     return None
+
+
+def _login_hint(web: WebObservation) -> str:
+    return (f"{web.base.url()} asks for a login (HTTP 401), as access control wants: give "
+            "--public-user NAME (password in DAGPG_PUBLIC_PASSWORD) to check through it")
 
 
 def instance_id(prefix: str, title: str, web: WebObservation | None,
@@ -266,9 +275,11 @@ def websocket(title: str, web: WebObservation | None) -> CheckResult:
     url = web.base.url("/graphql").replace("http", "ws", 1)
     if web.websocket_error:
         return CheckResult(name, title, FAIL, web.websocket_error, {"url": url})
+    compression = ("compressed (permessage-deflate)" if web.extensions
+                   else "uncompressed (no compression negotiated)")
     return CheckResult(name, title, OK,
-                       f"{url} upgrades with subprotocol {web.protocol} and acknowledges",
-                       {"url": url})
+                       f"{url} upgrades with subprotocol {web.protocol} and acknowledges, "
+                       f"{compression}", {"url": url, "extensions": web.extensions or ""})
 
 
 # -- 6. operations -----------------------------------------------------------------------
