@@ -457,3 +457,139 @@ def test_the_graphql_websocket_connects_through_the_authenticated_proxy(stack, v
     assert ws, views[name].websockets
     assert (ws["status"], ws["protocol"]) == (101, "graphql-ws")
     assert any('"connection_ack"' in frame for frame in ws["frames"]), ws["frames"]
+
+
+# --- dagpg verify --public-url -----------------------------------------------------------------
+
+def verify(stack: Stack, *args: str, config: Path | None = None, **env: str):
+    result = CliRunner().invoke(cli, ["verify", "--json", *args], env={
+        **stack.env, "DAGPG_CONFIG": str(config or stack.config), **env})
+    report = json.loads(result.output) if result.output.startswith("{") else None
+    return result, report, {c["name"]: c for c in (report or {}).get("checks", [])}
+
+
+def test_verify_passes_through_the_authenticated_proxy(stack):
+    result, report, checks = verify(stack, "--public-url", stack.url(VIEWER),
+                                    "--public-user", "operator",
+                                    DAGPG_PUBLIC_PASSWORD=USERS["operator"])
+    assert result.exit_code == 0, result.output
+    assert {c["status"] for c in report["checks"]} <= {"ok"}, [
+        (c["name"], c["status"], c["detail"]) for c in report["checks"] if c["status"] != "ok"]
+    assert checks["access.anonymous"]["detail"] == (
+        f"8 anonymous requests to {stack.url(VIEWER)} and {stack.url(ADMIN)} (page, "
+        "server_info, GraphQL, WebSocket) answered 401")
+    assert checks["access.read_only"]["detail"] == (
+        f"http://127.0.0.1:{stack.viewer_port}{VIEWER} and {stack.url(VIEWER)} grant no "
+        "permission (no launching, terminating, wiping); "
+        f"http://127.0.0.1:{stack.admin_port}{ADMIN} grants launching")
+    assert checks["access.loopback_only"]["status"] == "ok"
+    # nginx passes compressed WebSocket frames: the probe asked as a browser does, and inflated.
+    assert checks["public.websocket"]["detail"].endswith("compressed (permessage-deflate)")
+
+
+def test_verify_without_a_login_checks_what_it_can(stack):
+    result, report, checks = verify(stack, "--public-url", stack.url(VIEWER))
+    assert result.exit_code == 0, result.output
+    for name in ("public.server_info", "public.instance_id", "public.heartbeats",
+                 "public.websocket"):
+        assert checks[name]["status"] == "skip", checks[name]
+    assert checks["public.server_info"]["detail"] == (
+        f"{stack.url(VIEWER)} asks for a login (HTTP 401), as access control wants: give "
+        "--public-user NAME (password in DAGPG_PUBLIC_PASSWORD) to check through it")
+    assert [checks[n]["status"] for n in ("access.anonymous", "access.read_only",
+                                         "access.loopback_only")] == ["ok", "ok", "ok"]
+
+
+def test_verify_refuses_a_user_without_its_password(stack):
+    result, _, _ = verify(stack, "--public-url", stack.url(VIEWER), "--public-user", "operator",
+                          DAGPG_PUBLIC_PASSWORD="")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: --public-user operator: set DAGPG_PUBLIC_PASSWORD to its password (a password "
+        "is never given on the command line)")
+
+
+def test_verify_fails_a_proxy_that_lets_anonymous_users_through(stack, tmp_path):
+    open_config = write_config(tmp_path / "open", viewer_port=stack.viewer_port,
+                               admin_port=stack.admin_port, htpasswd=Path("unused"),
+                               enabled=False)
+    origin, proc = render_and_start_nginx(tmp_path / "open", open_config,
+                                          tool("nginx", "DAGPG_NGINX"))
+    try:
+        result, _, checks = verify(stack, "--public-url", f"{origin}{VIEWER}")
+    finally:
+        processes.stop(proc)
+    assert result.exit_code == 1
+    check = checks["access.anonymous"]
+    assert check["status"] == "fail"
+    assert check["detail"].startswith(
+        f"anonymous requests get through the proxy: GET {origin}{VIEWER}/ answered 200; "
+        f"GET {origin}{VIEWER}/server_info answered 200; POST {origin}{VIEWER}/graphql "
+        "answered 200; ")
+    assert check["detail"].endswith("; turn on its authentication (dagpg render iis|nginx)")
+
+
+def test_verify_fails_when_viewers_reach_the_full_webserver(stack, tmp_path):
+    # A mix-up: the viewers' port is the full webserver's.
+    swapped = write_config(tmp_path, viewer_port=stack.admin_port, admin_port=stack.viewer_port,
+                           htpasswd=Path("unused"))
+    text = swapped.read_text().replace(f"path_prefix: {VIEWER}", f"path_prefix: {ADMIN}")
+    swapped.write_text(text.replace(f"admin_path_prefix: {ADMIN}",
+                                    f"admin_path_prefix: {VIEWER}"))
+    result, _, checks = verify(stack, "--public-url", stack.url(ADMIN), config=swapped)
+    assert result.exit_code == 1
+    assert checks["access.read_only"]["detail"].startswith(
+        f"http://127.0.0.1:{stack.admin_port}{ADMIN} grants launch_pipeline_execution (and ")
+    assert checks["access.read_only"]["detail"].endswith(
+        "more): viewers can change things; start the viewers' webserver with --read-only "
+        "(dagpg render servy) and point the proxy's viewer path at it")
+
+
+def test_verify_fails_a_port_that_answers_beyond_loopback(stack):
+    from dagpg.settings import load_settings
+    from dagpg.verify.access import loopback_only
+
+    settings = load_settings(stack.config)
+    # The real webservers bind 127.0.0.1: 127.0.0.2 (standing in for the LAN address) is refused.
+    assert loopback_only(settings, timeout=2).status == "ok"
+    with socket.create_server(("0.0.0.0", 0)) as everywhere:  # -h 0.0.0.0, as the guide had it
+        port = everywhere.getsockname()[1]
+        result = loopback_only(settings, timeout=2, ports=(port,))
+    assert result.status == "fail"
+    assert result.detail.startswith(f"port {port} on 127.0.0.2 answers: a webserver listens "
+                                    "beyond loopback, where anyone bypasses the proxy")
+
+
+# --- WebSocket compression through (a stand-in for) IIS ARR ------------------------------------
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_verify_sees_a_proxy_that_breaks_compressed_websockets(stack, tmp_path, strip):
+    """ARR 3 forwards the browser's permessage-deflate offer and then breaks on compressed
+    frames: verify asks for compression as a browser does and names the fix; with the rule
+    `dagpg render iis` writes (the offer removed) it passes, uncompressed."""
+    from tests.fake_arr import FakeArr
+
+    arr = FakeArr(stack.viewer_port, strip_extensions=strip)
+    # No login on this stand-in: only the WebSocket is under test here.
+    config = write_config(tmp_path, viewer_port=stack.viewer_port, admin_port=stack.admin_port,
+                          htpasswd=Path("unused"), enabled=False)
+    try:
+        result, _, checks = verify(stack, "--public-url", f"http://127.0.0.1:{arr.port}{VIEWER}",
+                                   config=config)
+    finally:
+        arr.close()
+    ws = checks["public.websocket"]
+    if strip:
+        assert ws["status"] == "ok", ws
+        assert ws["detail"].endswith("uncompressed (no compression negotiated)")
+        assert result.exit_code == 0, result.output
+    else:
+        assert ws["status"] == "fail"
+        assert ws["detail"].startswith(
+            f"ws://127.0.0.1:{arr.port}{VIEWER}/graphql: fails when the browser asks for "
+            "compression (")
+        assert ws["detail"].endswith(
+            "and works without: the proxy breaks compressed WebSocket frames (IIS ARR 3 does); "
+            "blank the Sec-WebSocket-Extensions request header in the rewrite rule (server "
+            "variable HTTP_SEC_WEBSOCKET_EXTENSIONS, as `dagpg render iis` writes it)")
+        assert result.exit_code == 1

@@ -171,8 +171,9 @@ def read_only_viewers(settings: KitSettings, where: Paths, *, timeout: float,
                            f"{checked} grants nothing, but {where.admin_direct.url()} does not "
                            "grant launching runs either: operators cannot launch; start it "
                            "without --read-only", data)
+    verb = "grant" if len(targets) > 1 else "grants"
     return CheckResult(name, title, OK,
-                       f"{checked} grants no permission (no launching, terminating, wiping); "
+                       f"{checked} {verb} no permission (no launching, terminating, wiping); "
                        f"{where.admin_direct.url()} grants launching", data)
 
 
