@@ -188,6 +188,11 @@ def _granted(base: BaseUrl, timeout: float, authorization: str | None) -> list[s
 # -- the webservers answer on loopback only ---------------------------------------------------
 
 def machine_addresses() -> list[str]:
+    """Where the exposure check probes: every address of this machine but loopback."""
+    return interface_addresses()
+
+
+def interface_addresses() -> list[str]:
     """Every address of this machine's interfaces but loopback (IPv6 link-local ones with
     their scope, e.g. fe80::1%eth0)."""
     import ipaddress
