@@ -15,7 +15,7 @@
       5. the nightly backup task (schtasks /Create /XML) and a first `dagpg backup`
       6. start (or restart) the webservers, then the daemon
       7. `dagster schedule start --start-all`
-      8. `dagpg verify --public-url ...` against the installed services
+      8. `dagpg verify --public-url ...` against the installed services (every one's Servy export)
 
     Paths, ports, service names and the URL prefix come from config\config.yml
     (dagpg.windows, dagpg.webserver, dagpg.services): the script only calls conda, pip, dagpg,
@@ -154,7 +154,7 @@ Invoke-Step 'Verify through IIS: dagpg verify --public-url' {
     $installed = Join-Path $deploy 'installed'
     New-Item -ItemType Directory -Force -Path $installed | Out-Null
     $configs = @()
-    foreach ($name in @($services.webserver, $services.daemon)) {
+    foreach ($name in $serviceNames) {
         Invoke-Native 'servy-cli' @('export', "--name=$name", '--config=xml', "--path=$installed\$name.xml")
         $configs += "--servy-config=$installed\$name.xml"
     }

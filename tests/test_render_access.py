@@ -358,3 +358,43 @@ def test_machine_addresses_are_this_machines_non_loopback_addresses():
     assert found == sorted(set(found))
     for address in found:
         assert not ipaddress.ip_address(address.split("%")[0]).is_loopback, address
+
+
+# --- verify: every service's Servy config, the read-only webserver's included -----------------
+
+def test_same_home_checks_the_read_only_webservers_servy_config(tmp_path, monkeypatch):
+    from dagpg.instance import PgTarget
+    from dagpg.verify import checks
+    from dagpg.verify.services import READ_ONLY, resolve_each, service_homes
+    from tests import pgharness
+
+    monkeypatch.setenv(pgharness.PASSWORD_VAR, "x")
+    target = PgTarget("127.0.0.1", 5432, "dagster", "dagster", password_source="env:X")
+    home = pgharness.write_dagster_home(tmp_path / "home", target)
+    other = pgharness.write_dagster_home(tmp_path / "other",
+                                         PgTarget("127.0.0.1", 5432, "elsewhere", "dagster"))
+    settings = load_settings(write_config(tmp_path))
+
+    def configs(read_only_home: Path) -> list[Path]:
+        paths = []
+        for name, data in render_files(layout_from(settings), "servy").items():
+            fields = {child.tag: child.text for child in ET.fromstring(data)}
+            value = read_only_home if "ReadOnly" in name else home
+            fields["EnvironmentVariables"] = servy.encode_environment({"DAGSTER_HOME": str(value)})
+            path = tmp_path / Path(name).name
+            path.write_bytes(servy.service_xml(fields))
+            paths.append(path)
+        return paths
+
+    services = service_homes(settings, configs(home))
+    assert services[READ_ONLY].name == "DagsterWebserverReadOnly"
+    result = checks.same_home(services, resolve_each(services))
+    assert (result.status, result.detail) == (
+        "ok", f"DagsterWebserver, DagsterWebserverReadOnly and DagsterDaemon: DAGSTER_HOME={home}"
+              " -> postgresql://dagster:***@127.0.0.1:5432/dagster")
+    services = service_homes(settings, configs(other))
+    result = checks.same_home(services, resolve_each(services))
+    assert result.status == "fail"
+    assert result.detail.startswith(f"DagsterWebserverReadOnly uses postgresql://dagster:***@"
+                                    f"127.0.0.1:5432/elsewhere (DAGSTER_HOME={other}, ")
+    assert result.detail.endswith("set the same DAGSTER_HOME in every service's environment")
