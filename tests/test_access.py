@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,8 +172,8 @@ def stack(pg_server, template_database, tmp_path_factory):
         assert backup.exit_code == 0, backup.output
         yield s
     finally:
-        for proc in reversed(list(procs.values())):
-            processes.stop(proc)
+        with ThreadPoolExecutor(max_workers=4) as pool:  # each waits for its own exit
+            list(pool.map(processes.stop, procs.values()))
         for folder in cleanup:
             shutil.rmtree(folder, ignore_errors=True)
         pg_server.drop_database(database)
