@@ -13,12 +13,12 @@
          replace a package arcpy depends on (unless -AllowReplace), install the project
       2. DAGSTER_PG_PASSWORD (existing environment, else a secure prompt) stored machine-wide;
          DAGSTER_HOME checked; `dagpg db upgrade`
-      3. `dagpg render all --out deploy`; `servy-cli import` both services (--install)
+      3. `dagpg render all --out deploy`; `servy-cli import` each service (--install)
       4. deploy\iis\iis_setup.ps1 (ARR proxy, server variables, WebSocket feature, web.config)
       5. the nightly backup task (schtasks /Create /XML) and a first `dagpg backup`
-      6. start (or restart) the webserver, then the daemon
+      6. start (or restart) the webservers, then the daemon
       7. `dagster schedule start --start-all`
-      8. `dagpg verify --public-url ... --wait` against the installed services
+      8. `dagpg verify --public-url ... --wait` against the installed services (every one's Servy export)
 
     Paths, ports, service names and the URL prefix come from config\config.yml
     (dagpg.windows, dagpg.webserver, dagpg.services): the script only calls conda, pip, dagpg,
@@ -197,12 +197,22 @@ Invoke-Step 'Instance: PostgreSQL password, DAGSTER_HOME, dagpg db upgrade' {
     Invoke-Native $dagpg @('db', 'upgrade')
 }
 
-Invoke-Step 'Servy: render both services and import them' {
-    Invoke-Native $dagpg @('render', 'all', '--out', $deploy)
+Invoke-Step 'Servy: render the services and import them' {
+    $json = & $dagpg render all --out $deploy --json | Out-String
+    if ($LASTEXITCODE -ne 0) { throw 'dagpg render failed: fix config\config.yml (the message above says how)' }
+    # The services this configuration has, in start order: the webservers (with dagpg.access the
+    # full one and the read-only one), then the daemon. None depends on another.
+    $script:serviceNames = @(($json | ConvertFrom-Json) | Where-Object { $_.kind -eq 'servy' } |
+        ForEach-Object { [IO.Path]::GetFileNameWithoutExtension($_.path) })
     $logs = if ([IO.Path]::IsPathRooted($win.log_dir)) { $win.log_dir } else { Join-Path $ProjectRoot $win.log_dir }
     New-Item -ItemType Directory -Force -Path $logs | Out-Null
-    foreach ($name in @($services.webserver, $services.daemon)) {
+    foreach ($name in $serviceNames) {
         Invoke-Native 'servy-cli' @('import', '--config=xml', "--path=$deploy\servy\$name.xml", '--install')
+    }
+    # A read-only webserver left from a configuration with dagpg.access would hold the port.
+    $stale = $services.read_only_webserver
+    if ($stale -and $serviceNames -notcontains $stale -and (Get-Service $stale -ErrorAction SilentlyContinue)) {
+        Invoke-Native 'servy-cli' @('uninstall', "--name=$stale")
     }
 }
 
@@ -217,8 +227,8 @@ Invoke-Step 'Nightly backup task (deploy\task\DagsterNightlyBackup.xml), and a f
     Invoke-Native $dagpg @('backup', '--if-older-than', '24')
 }
 
-Invoke-Step 'Start the webserver, then the daemon' {
-    foreach ($name in @($services.webserver, $services.daemon)) {
+Invoke-Step 'Start the webservers, then the daemon' {
+    foreach ($name in $serviceNames) {
         $verb = if ((Get-Service $name).Status -eq 'Running') { 'restart' } else { 'start' }
         Invoke-Native 'servy-cli' @($verb, "--name=$name")
     }
@@ -233,7 +243,7 @@ Invoke-Step 'Verify through IIS: dagpg verify --public-url' {
     $installed = Join-Path $deploy 'installed'
     New-Item -ItemType Directory -Force -Path $installed | Out-Null
     $configs = @()
-    foreach ($name in @($services.webserver, $services.daemon)) {
+    foreach ($name in $serviceNames) {
         Invoke-Native 'servy-cli' @('export', "--name=$name", '--config=xml', "--path=$installed\$name.xml")
         $configs += "--servy-config=$installed\$name.xml"
     }

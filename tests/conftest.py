@@ -32,6 +32,13 @@ class TestInstance:
         return resolve_instance(self.home)
 
 
+@pytest.fixture(autouse=True)
+def _probe_loopback_only(monkeypatch):
+    """`dagpg verify --public-url` probes this machine's non-loopback addresses for exposed
+    webserver ports; tests send traffic to loopback only, so 127.0.0.2 stands in for them."""
+    monkeypatch.setattr("dagpg.verify.access.machine_addresses", lambda: ["127.0.0.2"])
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     url = os.environ.get("TEST_PG_URL")

@@ -26,12 +26,14 @@ def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_webserver(home: Path, port: int, log_dir: Path, *, path_prefix: str = "",
-                    env: dict[str, str] | None = None, workspace: Path = WORKSPACE
-                    ) -> subprocess.Popen:
+                    env: dict[str, str] | None = None, workspace: Path = WORKSPACE,
+                    read_only: bool = False) -> subprocess.Popen:
     argv = [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1",
             "-p", str(port)]
     if path_prefix:
         argv += ["--path-prefix", path_prefix]
+    if read_only:
+        argv += ["--read-only"]
     return _spawn(argv, home, log_dir / f"webserver-{port}.log", env)
 
 

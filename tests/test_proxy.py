@@ -77,7 +77,9 @@ class Stack:
 def write_config(folder: Path, port: int, prefix: str) -> Path:
     path = folder / "config" / "config.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"dagpg:\n  webserver:\n    port: {port}\n    path_prefix: '{prefix}'\n")
+    # One webserver, no login: the rule itself is under test here (access: test_access.py).
+    path.write_text(f"dagpg:\n  webserver:\n    port: {port}\n    path_prefix: '{prefix}'\n"
+                    "  access:\n    enabled: false\n")
     return path
 
 
@@ -151,7 +153,8 @@ def stack(pg_server, template_database, tmp_path_factory):
         # schedules it expects (none here: the proxy is under test, not the definitions).
         verify_config = root / "verify" / "config.yml"
         verify_config.parent.mkdir()
-        verify_config.write_text("dagpg:\n  verify:\n    schedules: []\n")
+        verify_config.write_text("dagpg:\n  verify:\n    schedules: []\n"
+                                 "  access:\n    enabled: false\n")
         s.env = {**env, "DAGPG_CONFIG": str(verify_config)}
         backup = CliRunner().invoke(cli, ["backup", "--dest", str(root / "backups"), "--silent"],
                                     env=s.env)

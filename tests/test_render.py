@@ -45,10 +45,14 @@ SERVY_INT_FIELDS = {"StartupType", "Priority", "StartTimeout", "StopTimeout", "R
 
 
 def write_config(tmp_path: Path, **webserver) -> Path:
-    lines = ["dagpg:", "  webserver:"] + [f"    {k}: {v}" for k, v in webserver.items()]
+    """A config with these dagpg.webserver keys and one webserver (dagpg.access off: the
+    two-webserver deployment is tested in test_render_access.py)."""
+    lines = ["dagpg:", "  access:", "    enabled: false"]
+    if webserver:
+        lines += ["  webserver:"] + [f"    {k}: {v}" for k, v in webserver.items()]
     path = tmp_path / "config" / "config.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n" if webserver else "dagpg: {}\n")
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -117,12 +121,12 @@ def test_webserver_binds_loopback_with_workspace_and_prefix(files, tmp_path):
 
 
 def test_no_prefix_flag_when_served_at_the_root(tmp_path):
-    files = rendered(tmp_path)
+    files = rendered(tmp_path, path_prefix='""')
     root = ET.fromstring(files["servy/DagsterWebserver.xml"])
     assert root.findtext("Parameters").endswith("-h 127.0.0.1 -p 3000")
 
 
-def test_logs_recovery_and_dependency_follow_the_guide(files, tmp_path):
+def test_logs_and_recovery_follow_the_guide_without_dependencies(files, tmp_path):
     found = services(files, tmp_path)
     web, daemon = found["DagsterWebserver"], found["DagsterDaemon"]
     for svc, stem in ((web, "dagster_webserver"), (daemon, "dagster_daemon")):
@@ -136,7 +140,10 @@ def test_logs_recovery_and_dependency_follow_the_guide(files, tmp_path):
                 f["HeartbeatInterval"]) == ("true", "1", "2", "30")  # restart service twice
         assert f["EnableDebugLogs"] == "false"  # debug logs would record the environment
         assert f["EnableConsoleUI"] == "false"
-    assert daemon.dependencies == ("DagsterWebserver",) and web.dependencies == ()
+    # No dependency: Servy's "restart the service" stops dependents too and starts only the
+    # service itself, so a webserver restart would leave a dependent daemon stopped.
+    assert daemon.dependencies == () and web.dependencies == ()
+    assert "ServiceDependencies" not in daemon.fields
     assert daemon.parameters == r'run -w "C:\projects\arcpy-orchestration\dagster_home\workspace.yaml"'
 
 
@@ -226,7 +233,7 @@ def test_read_service_errors_are_one_line(tmp_path, content, message):
 def iis_backend(web_config: bytes, path_and_query: str) -> str | None:
     """What IIS URL Rewrite does with the rule in web.config: match the path without its leading
     slash (case-insensitive), substitute {R:n}, append the query string."""
-    rule = ET.fromstring(web_config).find("system.webServer/rewrite/rules/rule")
+    rule = ET.fromstring(web_config).find(".//system.webServer/rewrite/rules/rule")
     pattern = rule.find("match").get("url")
     action = rule.find("action")
     path, _, query = path_and_query.partition("?")
@@ -262,7 +269,7 @@ def test_subpath_rule_forwards_the_prefix_unchanged(tmp_path, path, backend):
     ("/graphql", "http://127.0.0.1:3000/graphql"),
 ])
 def test_root_rule_forwards_everything(tmp_path, path, backend):
-    web_config = rendered(tmp_path)["iis/web.config"]
+    web_config = rendered(tmp_path, path_prefix='""')["iis/web.config"]
     assert iis_backend(web_config, path) == backend
 
 
@@ -276,22 +283,30 @@ def test_the_guides_subpath_rule_strips_the_prefix(tmp_path):
 
 
 def test_web_config_sets_forwarded_headers(files):
-    rule = ET.fromstring(files["iis/web.config"]).find("system.webServer/rewrite/rules/rule")
+    location = ET.fromstring(files["iis/web.config"]).find("location")
+    # The site's other applications (ArcGIS Web Adaptor) do not inherit the rules.
+    assert (location.get("path"), location.get("inheritInChildApplications")) == (".", "false")
+    rule = location.find("system.webServer/rewrite/rules/rule")
     assert rule.get("name") == "Dagster Reverse Proxy" and rule.get("stopProcessing") == "true"
     sets = {s.get("name"): s.get("value") for s in rule.iter("set")}
-    assert sets == {"HTTP_X_FORWARDED_PROTO": "{C:1}", "HTTP_X_FORWARDED_HOST": "{HTTP_HOST}"}
+    assert sets == {"HTTP_X_FORWARDED_PROTO": "{C:1}", "HTTP_X_FORWARDED_HOST": "{HTTP_HOST}",
+                    "HTTP_SEC_WEBSOCKET_EXTENSIONS": ""}  # no compression through ARR
     assert rule.find("conditions/add").get("input") == "{CACHE_URL}"
 
 
 def test_appcmd_script_configures_arr_variables_and_websocket(files):
     script = files["iis/iis_setup.ps1"].decode()
-    for needle in ("system.webServer/proxy /enabled:\"True\" /timeout:\"00:10:00\"",
-                   '/responseBufferLimit:"0"', "allowedServerVariables",
-                   "'HTTP_X_FORWARDED_PROTO', 'HTTP_X_FORWARDED_HOST'", "Web-WebSockets",
+    for needle in ("'-section:system.webServer/proxy', '/enabled:True'", "'/timeout:00:10:00'",
+                   "allowedServerVariables",
+                   "'HTTP_X_FORWARDED_PROTO', 'HTTP_X_FORWARDED_HOST', "
+                   "'HTTP_SEC_WEBSOCKET_EXTENSIONS'", "Web-WebSockets",
                    "IIS-WebSockets", "$site = 'Default Web Site'", "Rendered by `dagpg render iis`"):
         assert needle in script, needle
-    # Idempotent: a server variable is added only when it is not listed yet.
-    assert re.search(r"if \(-not \(\$allowed -match .*\)\) \{\s+Invoke-Appcmd set config", script)
+    # Only what Dagster needs changes server-wide: no Host header or buffering settings.
+    assert "preserveHostHeader" not in script and "responseBufferLimit" not in script
+    # Idempotent: a server variable is added only when it is not listed yet, for this site.
+    assert re.search(r"if \(\$allowed -notmatch .*\) \{\s+Invoke-Appcmd @\('set', 'config', "
+                     r"\$site, '-section:system.webServer/rewrite/allowedServerVariables'", script)
 
 
 # --- the backup task -------------------------------------------------------------------------
@@ -368,4 +383,7 @@ def test_render_rejects_an_unknown_kind(tmp_path):
 def test_committed_config_renders(tmp_path):
     settings = load_settings(PROJECT_DIR / "config" / "config.yml", "prod")
     files = render_files(layout_from(settings))
-    assert len(files) == 7
+    # Access control on, no htpasswd: an IIS deployment, so `all` has no nginx files.
+    assert sorted(files) == ["iis/iis_setup.ps1", "iis/web.config", "servy/DagsterDaemon.xml",
+                             "servy/DagsterWebserver.xml", "servy/DagsterWebserverReadOnly.xml",
+                             "task/DagsterNightlyBackup.xml"]

@@ -84,7 +84,7 @@ def stack(pg_server, template_database, tmp_path_factory):
     (root / "config").mkdir()
     (root / "config" / "config.yml").write_text(
         f"dagpg:\n  webserver:\n    host: 127.0.0.1\n    port: {port}\n"
-        "    path_prefix: /dagster\n", encoding="utf-8")
+        "    path_prefix: /dagster\n  access:\n    enabled: false\n", encoding="utf-8")
     env = {"DAGSTER_PG_PASSWORD": password}
     web = processes.start_webserver(home, port, root / "logs", path_prefix="/dagster", env=env,
                                     workspace=workspace)
@@ -146,6 +146,8 @@ def test_verify_passes_on_a_healthy_instance(stack, monkeypatch):
     expected = {name: "ok" for name in statuses(report)}
     if not HAS_BACKUPS:
         expected["operations.backup"] = "skip"
+    # One webserver without a proxy's login here (access control: test_access.py).
+    expected.update({"access.anonymous": "warn", "access.read_only": "skip"})
     assert statuses(report) == expected
     by_name = checks(report)
     # The webserver's URL came from config.yml beside DAGSTER_HOME (port, /dagster).
@@ -155,7 +157,7 @@ def test_verify_passes_on_a_healthy_instance(stack, monkeypatch):
         "database")
     assert by_name["public.websocket"]["detail"] == (
         f"ws://127.0.0.1:{stack.port}/dagster/graphql upgrades with subprotocol graphql-ws "
-        "and acknowledges")
+        "and acknowledges, compressed (permessage-deflate)")
     assert by_name["operations.schedules"]["detail"] == (
         "RUNNING: park_access_daily, instance_backup_nightly")
     # The required daemons came from the webserver serving this instance; they are Dagster's

@@ -50,12 +50,43 @@ class Backup(_Section):
 class Services(_Section):
     webserver: str = "DagsterWebserver"
     daemon: str = "DagsterDaemon"
+    read_only_webserver: str = "DagsterWebserverReadOnly"  # with dagpg.access: the viewers'
 
 
 class Webserver(_Section):
+    """The webserver users open. With dagpg.access enabled it is the read-only one (viewers);
+    without, the only one. Every webserver binds to `host`."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
-    path_prefix: str = ""
+    path_prefix: str = "/dagster"  # "" = the site root (a single webserver only)
+
+
+class Principals(_Section):
+    """Who belongs to a role: Windows groups (IIS URL Authorization `roles`) and user names
+    (IIS `users`; the user names of nginx's htpasswd file)."""
+
+    groups: list[str] = []
+    users: list[str] = []
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups and not self.users
+
+
+class Access(_Section):
+    """Authentication at the proxy: viewers reach the read-only webserver (dagpg.webserver),
+    operators also the full one at `admin_path_prefix` (see the README, "Who can do what")."""
+
+    enabled: bool = True
+    viewers: Principals = Principals()
+    operators: Principals = Principals(groups=["Administrators"])  # the server's local admins
+    admin_port: int = Field(default=3001, ge=1, le=65535)
+    admin_path_prefix: str = "/dagster-admin"
+    htpasswd: str = ""  # nginx only: the htpasswd file (user:hash lines); "" = nginx not used
+    # Where `dagpg verify --public-url` probes that the webservers' ports do not answer;
+    # empty: every non-loopback address of this machine.
+    probe_addresses: list[str] = []
 
 
 class Verify(_Section):
@@ -90,6 +121,7 @@ class KitSettings(_Section):
     verify: Verify = Verify()
     windows: Windows = Windows()
     arcpy: Arcpy = Arcpy()
+    access: Access = Access()
 
     _path: Path | None = PrivateAttr(default=None)
     _env: str = PrivateAttr(default="dev")

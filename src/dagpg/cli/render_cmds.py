@@ -29,11 +29,13 @@ from dagpg.settings import load_settings
 @dagster_home_option
 @json_option
 def render(what, out_dir, config_path, listen, server_name, dagster_home, as_json) -> None:
-    """Render deployment files from config.yml (dagpg.windows, dagpg.webserver, dagpg.services).
+    """Render deployment files from config.yml (dagpg.windows, dagpg.webserver, dagpg.access).
 
     servy: one Servy service file per service (import with `servy-cli import`); iis: web.config
-    with the reverse-proxy rule and iis_setup.ps1 (appcmd); nginx: the same proxy for Linux;
-    task: the nightly `dagpg backup` as a Task Scheduler task. No file ever holds a password.
+    with the reverse-proxy rules, Windows authentication and URL Authorization, and
+    iis_setup.ps1 (appcmd); nginx: the same proxy for Linux, with Basic authentication against
+    dagpg.access.htpasswd (in `all` only when that is set, or access control is off); task: the
+    nightly `dagpg backup` as a Task Scheduler task. No file ever holds a password.
 
     \b
     Example:

@@ -2,7 +2,8 @@
 
     OUT/servy/<Webserver>.xml, <Daemon>.xml   servy-cli import --config=xml --path=FILE --install
     OUT/iis/web.config, iis_setup.ps1        run iis_setup.ps1 elevated
-    OUT/nginx/dagster.conf, nginx.conf       Linux, or the tests' real proxy
+    OUT/nginx/dagster.conf, nginx.conf       Linux, or the tests' real proxy (in `all` only when
+                                             dagpg.access names an htpasswd file, or is off)
     OUT/task/DagsterNightlyBackup.xml        schtasks /Create /TN ... /XML FILE /F
 
 Everything is rendered in memory first, so a setting that cannot be rendered writes nothing.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagpg.render import iis, nginx, servy, task
+from dagpg.render import iis, iis_script, nginx, servy, task
 from dagpg.render.errors import RenderError
 from dagpg.render.layout import Layout, layout_from
 from dagpg.settings import KitSettings
@@ -40,8 +41,10 @@ def render_files(layout: Layout, what: str = "all", *, listen: str = "80",
         files.update({f"servy/{name}": data for name, data in servy.render_services(layout).items()})
     if what in ("all", "iis"):
         files["iis/web.config"] = iis.render_web_config(layout)
-        files["iis/iis_setup.ps1"] = iis.render_setup_script(layout)
-    if what in ("all", "nginx"):
+        files["iis/iis_setup.ps1"] = iis_script.render_setup_script(layout)
+    # `all` leaves nginx out where access control has no htpasswd file: an IIS deployment.
+    nginx_in_all = layout.access is None or layout.access.htpasswd is not None
+    if what == "nginx" or (what == "all" and nginx_in_all):
         files["nginx/dagster.conf"] = nginx.render_server_block(
             layout, listen=listen, server_name=server_name)
         files["nginx/nginx.conf"] = nginx.render_main_config()

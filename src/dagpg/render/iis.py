@@ -1,4 +1,5 @@
-"""IIS in front of the webserver: web.config (URL Rewrite + ARR) and an idempotent appcmd script.
+"""IIS in front of the webservers: web.config (URL Rewrite + ARR, Windows authentication, URL
+Authorization). The appcmd script that installs it is `iis_script.py`.
 
 The rule forwards the path unchanged. With `--path-prefix /dagster`, Dagster 1.13 mounts every
 route under /dagster (unprefixed paths answer 404, `/` redirects to the prefix), so the proxy
@@ -15,15 +16,24 @@ import re
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
+from dagpg.render.access import OPERATORS, Webserver
 from dagpg.render.layout import Layout
+from dagpg.settings import Principals
 
 RULE_NAME = "Dagster Reverse Proxy"
 MARKER = "Rendered by `dagpg render iis`"
-# ARR: long GraphQL queries and the UI's WebSocket outlive the 30 s default; 0 = no buffering,
-# so streamed responses reach the browser as they are produced.
+# ARR: long GraphQL queries and the UI's WebSocket outlive a short proxy timeout.
 PROXY_TIMEOUT = "00:10:00"
-RESPONSE_BUFFER_LIMIT_KB = 0
-SERVER_VARIABLES = ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST")
+# Browsers offer permessage-deflate and uvicorn accepts it, but ARR 3 forwards WebSockets through
+# websocket.dll, which supports no extension: compressed frames break the connection right after
+# the upgrade (python-websockets/websockets#1192, "ARR3.0 doesn't support WebSocket
+# compression"; dotnet/aspnetcore#58846 removes the same header from IIS's own forwarder for this
+# reason; open-webui/open-webui#24579: IIS 10 + ARR 3 + uvicorn). Blanking the request header
+# removes it, so uvicorn never negotiates compression (the "remove the header when the request
+# comes in" technique of Microsoft's IIS support blog, "IIS acting as reverse proxy: Where the
+# problems start", for Accept-Encoding).
+WEBSOCKET_EXTENSIONS = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
+SERVER_VARIABLES = ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", WEBSOCKET_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -46,124 +56,116 @@ class ProxyRule:
         return url + (sep + query if query else "")
 
 
-def proxy_rule(layout: Layout, *, strip_prefix: bool = False) -> ProxyRule:
-    """The rule for the configured root or sub-path; strip_prefix=True gives the guide's rule
-    (kept to prove that it fails)."""
-    prefix = layout.path_prefix
+def proxy_rule(layout: Layout, *, strip_prefix: bool = False,
+               web: Webserver | None = None) -> ProxyRule:
+    """The rule for one webserver (default: the one users open) at its root or sub-path;
+    strip_prefix=True gives the guide's rule (kept to prove that it fails)."""
+    web = web or layout.webservers[-1]
+    prefix, backend = web.prefix, web.backend
     if not prefix:
-        return ProxyRule(pattern="^(.*)$", target=f"{layout.backend}/{{R:1}}", prefix="")
+        return ProxyRule(pattern="^(.*)$", target=f"{backend}/{{R:1}}", prefix="")
     escaped = re.escape(prefix.lstrip("/"))
     if strip_prefix:
-        return ProxyRule(pattern=f"^{escaped}(?:/(.*))?$", target=f"{layout.backend}/{{R:1}}",
+        return ProxyRule(pattern=f"^{escaped}(?:/(.*))?$", target=f"{backend}/{{R:1}}",
                          prefix=prefix)
-    return ProxyRule(pattern=f"^{escaped}(/.*)?$", target=f"{layout.backend}{prefix}{{R:1}}",
+    return ProxyRule(pattern=f"^{escaped}(/.*)?$", target=f"{backend}{prefix}{{R:1}}",
                      prefix=prefix)
 
 
+def rule_name(web: Webserver) -> str:
+    return RULE_NAME + (" (operators)" if web.audience == OPERATORS else "")
+
+
 def render_web_config(layout: Layout, *, strip_prefix: bool = False) -> bytes:
-    rule = proxy_rule(layout, strip_prefix=strip_prefix)
-    where = f"under {rule.prefix}" if rule.prefix else "at the site root"
+    rules = "".join(_rule(layout, web, strip_prefix) for web in layout.webservers)
+    where = ", ".join(f"{web.prefix or 'the site root'} -> {web.backend}"
+                      for web in layout.webservers)
+    prefixed = [w.prefix for w in layout.webservers if w.prefix]
     # (No double hyphen in an XML comment: "path-prefix" is spelled without its dashes.)
-    note = (f"The webserver runs with path prefix {rule.prefix}; "
+    note = ("Each webserver runs with its path prefix; "
             + ("the rule strips it (the guide's rule, kept for the tests)." if strip_prefix
-               else "the rule forwards the path unchanged.")
-            if rule.prefix else "The rule forwards every path unchanged.")
+               else "the rules forward the path unchanged.")
+            if prefixed else "The rule forwards every path unchanged.")
     text = f"""<?xml version="1.0" encoding="utf-8"?>
-<!-- {MARKER} from config/config.yml: Dagster {where}, forwarded to {layout.backend}.
+<!-- {MARKER} from config/config.yml: Dagster at {where}.
      {note}
      Needs URL Rewrite 2, ARR (proxy enabled) and the allowed server variables: iis_setup.ps1. -->
 <configuration>
-  <system.webServer>
-    <rewrite>
-      <rules>
-        <rule name={quoteattr(RULE_NAME)} stopProcessing="true">
-          <match url={quoteattr(rule.pattern)} />
-          <conditions>
-            <!-- {{C:1}} is the scheme the browser used (https behind the certificate). -->
-            <add input="{{CACHE_URL}}" pattern="^(https?)://" />
-          </conditions>
-          <serverVariables>
-            <set name="HTTP_X_FORWARDED_PROTO" value="{{C:1}}" />
-            <set name="HTTP_X_FORWARDED_HOST" value="{{HTTP_HOST}}" />
-          </serverVariables>
-          <action type="Rewrite" url={quoteattr(rule.target)} appendQueryString="true" />
-        </rule>
-      </rules>
-    </rewrite>
-  </system.webServer>
-</configuration>
+  <!-- Not inherited by the site's other applications (e.g. ArcGIS Web Adaptor's /arcgis): the
+       rules apply to this site's own paths only. -->
+  <location path="." inheritInChildApplications="false">
+    <system.webServer>
+      <rewrite>
+        <rules>
+{rules}        </rules>
+      </rewrite>
+    </system.webServer>
+  </location>
+{_access_locations(layout)}</configuration>
 """
     return text.encode("utf-8")
 
 
-def render_setup_script(layout: Layout) -> bytes:
-    """iis_setup.ps1: prerequisites checked, ARR proxy on, server variables allowed, web.config
-    installed in the site's root. Each step checks before it changes; re-running is safe."""
-    site = layout.iis_site.replace("'", "''")
-    variables = ", ".join(f"'{v}'" for v in SERVER_VARIABLES)
-    text = f"""# {MARKER} from config/config.yml. Run elevated; running it again changes nothing.
-# Configures IIS to publish Dagster ({layout.backend}{layout.path_prefix or '/'}) on site '{site}':
-# checks URL Rewrite, ARR and the WebSocket Protocol feature, enables the ARR proxy (timeout
-# {PROXY_TIMEOUT}, response buffering off, Host header preserved), allows the X-Forwarded-*
-# server variables, and installs web.config (beside this script) in the site's root folder.
-$ErrorActionPreference = 'Stop'
-$appcmd = Join-Path $env:windir 'System32\\inetsrv\\appcmd.exe'
-$site = '{site}'
-
-function Invoke-Appcmd {{
-    $ErrorActionPreference = 'Continue'  # appcmd's stderr must not abort before its exit code
-    $out = & $appcmd @args 2>&1
-    if ($LASTEXITCODE -ne 0) {{ throw "appcmd $($args -join ' ') failed: $out" }}
-    return $out
-}}
-
-function Test-Appcmd {{
-    $ErrorActionPreference = 'Continue'
-    & $appcmd @args *> $null
-    return $LASTEXITCODE -eq 0
-}}
-
-if (-not (Test-Path $appcmd)) {{
-    throw 'IIS is not installed (no appcmd.exe): enable Internet Information Services (guide 1.1) and re-run'
-}}
-if (-not (Test-Path (Join-Path $env:windir 'System32\\inetsrv\\rewrite.dll'))) {{
-    throw 'URL Rewrite is not installed: install URL Rewrite 2 (guide 1.2), then re-run'
-}}
-if (-not (Test-Appcmd list config -section:system.webServer/proxy)) {{
-    throw 'Application Request Routing is not installed: install ARR 3 (guide 1.2), then re-run'
-}}
-
-# Dagster's UI subscribes over WebSocket on /graphql; IIS forwards it only with this feature.
-if (Get-Command Get-WindowsFeature -ErrorAction SilentlyContinue) {{
-    if (-not (Get-WindowsFeature Web-WebSockets).Installed) {{
-        Write-Host 'installing the IIS WebSocket Protocol feature'
-        Install-WindowsFeature Web-WebSockets | Out-Null
-    }}
-}} elseif ((Get-WindowsOptionalFeature -Online -FeatureName IIS-WebSockets).State -ne 'Enabled') {{
-    Write-Host 'enabling the IIS WebSocket Protocol feature'
-    Enable-WindowsOptionalFeature -Online -FeatureName IIS-WebSockets -All -NoRestart | Out-Null
-}}
-
-Invoke-Appcmd set config -section:system.webServer/proxy /enabled:"True" /timeout:"{PROXY_TIMEOUT}" `
-    /responseBufferLimit:"{RESPONSE_BUFFER_LIMIT_KB}" /preserveHostHeader:"True" `
-    /reverseRewriteHostInResponseHeaders:"False" /commit:apphost | Out-Null
-
-$allowed = Invoke-Appcmd list config -section:system.webServer/rewrite/allowedServerVariables
-foreach ($name in @({variables})) {{
-    if (-not ($allowed -match "name=`"$name`"")) {{
-        Invoke-Appcmd set config -section:system.webServer/rewrite/allowedServerVariables `
-            "/+[name='$name']" /commit:apphost | Out-Null
-    }}
-}}
-
-$rootDir = [Environment]::ExpandEnvironmentVariables(
-    (Invoke-Appcmd list vdir "$site/" /text:physicalPath | Select-Object -First 1).Trim())
-$target = Join-Path $rootDir 'web.config'
-$source = Join-Path $PSScriptRoot 'web.config'
-if ((Test-Path $target) -and -not (Select-String -Path $target -SimpleMatch '{MARKER}' -Quiet)) {{
-    throw "$target exists and was not rendered by dagpg: merge the rule of $source into it by hand"
-}}
-Copy-Item $source $target -Force
-Write-Host "IIS ready: rule '{RULE_NAME}' in $target"
+def _rule(layout: Layout, web: Webserver, strip_prefix: bool) -> str:
+    rule = proxy_rule(layout, strip_prefix=strip_prefix, web=web)
+    return f"""          <rule name={quoteattr(rule_name(web))} stopProcessing="true">
+            <match url={quoteattr(rule.pattern)} />
+            <conditions>
+              <!-- {{C:1}} is the scheme the browser used (https behind the certificate). -->
+              <add input="{{CACHE_URL}}" pattern="^(https?)://" />
+            </conditions>
+            <serverVariables>
+              <set name="HTTP_X_FORWARDED_PROTO" value="{{C:1}}" />
+              <set name="HTTP_X_FORWARDED_HOST" value="{{HTTP_HOST}}" />
+              <!-- No WebSocket compression through ARR (see iis.py): an empty value removes the
+                   Sec-WebSocket-Extensions header the browser sent. -->
+              <set name="{WEBSOCKET_EXTENSIONS}" value="" />
+            </serverVariables>
+            <action type="Rewrite" url={quoteattr(rule.target)} appendQueryString="true" />
+          </rule>
 """
-    return text.encode("utf-8")
+
+
+def allowed(layout: Layout, web: Webserver) -> Principals:
+    """Who URL Authorization lets through to `web`: viewers and operators to the read-only
+    webserver, operators only to the full one."""
+    assert layout.access is not None
+    return layout.access.operators if web.audience == OPERATORS else layout.access.may_view()
+
+
+def _access_locations(layout: Layout) -> str:
+    """Per path: anonymous authentication off, Windows authentication on (sample of Microsoft's
+    <windowsAuthentication> reference), and URL Authorization rules that first remove the
+    inherited allow-all, then allow the configured groups (roles) and users, one <add> each as in
+    Microsoft's samples (<authorization> <add> reference: <remove users="*" roles="" verbs="" />
+    then <add accessType="Allow" users="" roles="Administrators" />). The two
+    authentication sections are locked at the server level by default: iis_setup.ps1 unlocks
+    them for this site only."""
+    if layout.access is None:
+        return ""
+    out = []
+    for web in layout.webservers:
+        who = allowed(layout, web)
+        out.append(f"""  <location path={quoteattr(web.prefix.lstrip("/"))}>
+    <system.webServer>
+      <security>
+        <authentication>
+          <anonymousAuthentication enabled="false" />
+          <windowsAuthentication enabled="true" />
+        </authentication>
+        <authorization>
+          <remove users="*" roles="" verbs="" />
+{_allow_rules(who)}        </authorization>
+      </security>
+    </system.webServer>
+  </location>
+""")
+    return "".join(out)
+
+
+def _allow_rules(who: Principals) -> str:
+    rules = [f'          <add accessType="Allow" users="" roles={quoteattr(g)} />\n'
+             for g in who.groups]
+    rules += [f'          <add accessType="Allow" users={quoteattr(u)} roles="" />\n'
+              for u in who.users]
+    return "".join(rules)

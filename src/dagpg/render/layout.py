@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PureWindowsPath
 
+from dagpg.render.access import EVERYONE, OPERATORS, VIEWERS, AccessLayout, Webserver, access_from
 from dagpg.render.errors import RenderError
 from dagpg.settings import KitSettings
 
@@ -32,6 +33,19 @@ class Layout:
     port: int
     path_prefix: str  # "" or "/dagster" (no trailing slash)
     settings: KitSettings
+    read_only_name: str = ""
+    access: AccessLayout | None = None  # None: one full webserver, no login
+
+    @property
+    def webservers(self) -> tuple[Webserver, ...]:
+        """The full webserver, and with access control the read-only one users open."""
+        if self.access is None:
+            return (Webserver(EVERYONE, self.webserver_name, self.host, self.port,
+                              self.path_prefix, read_only=False),)
+        return (Webserver(OPERATORS, self.webserver_name, self.host, self.access.admin_port,
+                          self.access.admin_prefix, read_only=False),
+                Webserver(VIEWERS, self.read_only_name, self.host, self.port, self.path_prefix,
+                          read_only=True))
 
     @property
     def workspace(self) -> PureWindowsPath:
@@ -82,17 +96,24 @@ def layout_from(settings: KitSettings) -> Layout:
     if prefix and not _PREFIX.match(prefix):
         raise RenderError(f"{where}dagpg.webserver.path_prefix: {web.path_prefix!r} must be "
                           "empty or like /dagster (letters, digits, . _ ~ -)")
-    for key in ("webserver", "daemon"):
+    for key in ("webserver", "daemon", "read_only_webserver"):
         name = getattr(settings.services, key)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RenderError(f"{where}dagpg.services.{key}: {name!r} must be a plain Windows "
                               "service name (letters, digits, _ . -)")
+    access = access_from(settings, where, prefix=prefix, port=web.port, prefix_pattern=_PREFIX)
+    if access and settings.services.read_only_webserver.lower() in (
+            settings.services.webserver.lower(), settings.services.daemon.lower()):
+        raise RenderError(f"{where}dagpg.services.read_only_webserver: "
+                          f"{settings.services.read_only_webserver!r} is another service's name; "
+                          "give each service its own")
     return Layout(
         root=paths["project_root"], env_dir=paths["env_dir"],
         dagster_home=paths["dagster_home"], log_dir=paths["log_dir"],
         project_env=win.project_env, iis_site=win.iis_site,
         webserver_name=settings.services.webserver, daemon_name=settings.services.daemon,
         host=web.host, port=web.port, path_prefix=prefix, settings=settings,
+        read_only_name=settings.services.read_only_webserver, access=access,
     )
 
 

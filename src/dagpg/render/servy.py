@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dagpg.render.access import Webserver
 from dagpg.render.errors import RenderError, ServyConfigError
 from dagpg.render.layout import Layout
 
@@ -255,29 +256,26 @@ STOP_TIMEOUT_S = 30
 
 
 def render_services(layout: Layout) -> dict[str, bytes]:
-    """The two Servy service files, keyed by file name (`<ServiceName>.xml`)."""
+    """The Servy service files, keyed by file name (`<ServiceName>.xml`): the webserver (two
+    with dagpg.access: full and read-only), then the daemon."""
     try:
         env = encode_environment(layout.service_environment)
     except ValueError as exc:
         raise RenderError(f"cannot encode the services' environment: {exc}") from None
     workspace = f'-w "{layout.workspace}"'
-    web_args = f"{workspace} -h {layout.host} -p {layout.port}"
-    if layout.path_prefix:
-        web_args += f" --path-prefix {layout.path_prefix}"
-    services = {
-        layout.webserver_name: dict(
-            DisplayName="Dagster Webserver",
-            Description="Dagster web UI for the ArcPy orchestration project "
-                        f"({layout.host} only; published by IIS). Rendered by dagpg render.",
-            ExecutablePath=layout.script("dagster-webserver"),
-            Parameters=web_args, stem="dagster_webserver", deps=None),
-        layout.daemon_name: dict(
-            DisplayName="Dagster Daemon",
-            Description="Dagster schedule and sensor daemon for the ArcPy orchestration "
-                        "project. Rendered by dagpg render.",
-            ExecutablePath=layout.script("dagster-daemon"),
-            Parameters=f"run {workspace}", stem="dagster_daemon", deps=layout.webserver_name),
-    }
+    services = {web.service: _webserver_spec(layout, web, workspace) for web in layout.webservers}
+    # No ServiceDependencies: the daemon needs PostgreSQL, not a webserver, and Servy's
+    # "restart the service" recovery stops a service through .NET's ServiceController.Stop(),
+    # which stops its dependents too, then starts only the service itself (Servy 9.8 source,
+    # src/Servy.Restarter/ServiceRestarter.cs; "Stops this service and any services that are
+    # dependent on this service", learn.microsoft.com ServiceController.Stop): a webserver
+    # restart left a dependent daemon stopped. setup_dagster.ps1 starts them in order.
+    services[layout.daemon_name] = dict(
+        DisplayName="Dagster Daemon",
+        Description="Dagster schedule and sensor daemon for the ArcPy orchestration "
+                    "project. Rendered by dagpg render.",
+        ExecutablePath=layout.script("dagster-daemon"),
+        Parameters=f"run {workspace}", stem="dagster_daemon", deps=None)
     files = {}
     for name, spec in services.items():
         fields = {
@@ -309,3 +307,19 @@ def render_services(layout: Layout) -> dict[str, bytes]:
         }
         files[f"{name}.xml"] = service_xml(fields)
     return files
+
+
+def _webserver_spec(layout: Layout, web: Webserver, workspace: str) -> dict[str, object]:
+    args = f"{workspace} -h {web.host} -p {web.port}"
+    if web.prefix:
+        args += f" --path-prefix {web.prefix}"
+    if web.read_only:
+        args += " --read-only"  # dagster-webserver: no launching, terminating, wiping
+    who = {"viewers": "read-only, for viewers", "operators": "for operators"}.get(web.audience)
+    return dict(
+        DisplayName="Dagster Webserver" + (" (read-only)" if web.read_only else ""),
+        Description="Dagster web UI for the ArcPy orchestration project"
+                    + (f" ({who})" if who else "")
+                    + f"; {web.host} only, published by IIS. Rendered by dagpg render.",
+        ExecutablePath=layout.script("dagster-webserver"), Parameters=args,
+        stem="dagster_webserver" + ("_readonly" if web.read_only else ""), deps=None)

@@ -45,8 +45,7 @@ def same_home(services: dict[str, ServiceHome],
     name, title = "same_home", "Same home"
     web, daemon = services[WEBSERVER], services[DAEMON]
     data = {role: {**services[role].as_dict(), **_target(resolved[role])} for role in services}
-    errors = [str(resolved[r]) for r in (WEBSERVER, DAEMON)
-              if isinstance(resolved[r], DagpgError)]
+    errors = [str(resolved[r]) for r in services if isinstance(resolved[r], DagpgError)]
     if errors:
         return CheckResult(name, title, FAIL, "; ".join(errors), data)
     wi, di = resolved[WEBSERVER], resolved[DAEMON]
@@ -56,20 +55,30 @@ def same_home(services: dict[str, ServiceHome],
             f"{web.name} uses {wi.target.url()} (DAGSTER_HOME={wi.home}, {web.source}) but "
             f"{daemon.name} uses {di.target.url()} (DAGSTER_HOME={di.home}, {daemon.source}); "
             "set the same DAGSTER_HOME in both services' environments", data)
+    others = [services[r] for r in services if r not in (WEBSERVER, DAEMON)]
+    for other in others:  # the read-only webserver, when its Servy config was given
+        oi = resolved[other.role]
+        if oi.target.identity() != di.target.identity():
+            return CheckResult(
+                name, title, FAIL,
+                f"{other.name} uses {oi.target.url()} (DAGSTER_HOME={oi.home}, {other.source}) "
+                f"but {daemon.name} uses {di.target.url()} (DAGSTER_HOME={di.home}); set the "
+                "same DAGSTER_HOME in every service's environment", data)
     if web.source == daemon.source == CURRENT_ENVIRONMENT:
         return CheckResult(
             name, title, OK,
             f"both services from the current environment: DAGSTER_HOME={di.home} -> "
             f"{di.target.url()} (give --servy-config to check the services' own settings)", data)
-    if wi.home != di.home:
-        return CheckResult(
-            name, title, WARN,
-            f"same database {di.target.url()}, but different folders: DAGSTER_HOME={wi.home} "
-            f"({web.name}) and {di.home} ({daemon.name}); compute logs may not show in the UI; "
-            "use one DAGSTER_HOME", data)
+    for other, oi in ((web, wi), *((o, resolved[o.role]) for o in others)):
+        if oi.home != di.home:
+            return CheckResult(
+                name, title, WARN,
+                f"same database {di.target.url()}, but different folders: "
+                f"DAGSTER_HOME={oi.home} ({other.name}) and {di.home} ({daemon.name}); compute "
+                "logs may not show in the UI; use one DAGSTER_HOME", data)
     return CheckResult(name, title, OK,
-                       f"{web.name} and {daemon.name}: DAGSTER_HOME={di.home} -> "
-                       f"{di.target.url()}", data)
+                       f"{', '.join(s.name for s in (web, *others))} and {daemon.name}: "
+                       f"DAGSTER_HOME={di.home} -> {di.target.url()}", data)
 
 
 def _target(resolved: Instance | DagpgError) -> dict[str, Any]:
@@ -145,6 +154,8 @@ def server_info(prefix: str, title: str, web: WebObservation | None, installed: 
     if web is None:
         return CheckResult(name, title, SKIP, "no --public-url given")
     url = web.base.url("/server_info")
+    if web.login_required:
+        return CheckResult(name, title, SKIP, _login_hint(web), {"url": url})
     if web.info_error:
         if " answered HTTP 404" in web.info_error:
             hint = ("is the path prefix right? (the URL's path must be dagster-webserver's "
@@ -165,7 +176,14 @@ def _unreachable(name: str, title: str, web: WebObservation | None) -> CheckResu
         return CheckResult(name, title, SKIP, "no --public-url given")
     if web.unreachable:
         return CheckResult(name, title, SKIP, f"{web.base.url()} does not answer: see above")
+    if web.login_required:
+        return CheckResult(name, title, SKIP, _login_hint(web))
     return None
+
+
+def _login_hint(web: WebObservation) -> str:
+    return (f"{web.base.url()} asks for a login (HTTP 401), as access control wants: give "
+            "--public-user NAME (password in DAGPG_PUBLIC_PASSWORD) to check through it")
 
 
 def instance_id(prefix: str, title: str, web: WebObservation | None,
@@ -266,9 +284,11 @@ def websocket(title: str, web: WebObservation | None) -> CheckResult:
     url = web.base.url("/graphql").replace("http", "ws", 1)
     if web.websocket_error:
         return CheckResult(name, title, FAIL, web.websocket_error, {"url": url})
+    compression = ("compressed (permessage-deflate)" if web.extensions
+                   else "uncompressed (no compression negotiated)")
     return CheckResult(name, title, OK,
-                       f"{url} upgrades with subprotocol {web.protocol} and acknowledges",
-                       {"url": url})
+                       f"{url} upgrades with subprotocol {web.protocol} and acknowledges, "
+                       f"{compression}", {"url": url, "extensions": web.extensions or ""})
 
 
 # -- 6. operations -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from importlib.metadata import version as installed_version
 from dagpg.errors import DagpgError
 from dagpg.instance import Instance
 from dagpg.settings import KitSettings
-from dagpg.verify import checks, database, webserver
+from dagpg.verify import access, checks, database, webserver
 from dagpg.verify.report import Report
 from dagpg.verify.services import (
     CURRENT_ENVIRONMENT,
@@ -46,6 +46,7 @@ def verify(
     heartbeat_max_age_s: float | None = None,
     backup_max_age_h: float | None = None,
     timeout_s: float | None = None,
+    public_user: str | None = None,
 ) -> Report:
     """Check that the webserver and the daemon share one healthy instance.
 
@@ -63,6 +64,7 @@ def verify(
     web_base = webserver.BaseUrl.parse(web_url, option="--webserver-url")
     public_base = (webserver.BaseUrl.parse(public_url, option="--public-url")
                    if public_url else None)
+    authorization = access.basic_authorization(public_user)  # through the proxy's login
 
     resolved = resolve_each(services)
     instance = _primary(services[DAEMON], resolved[DAEMON])
@@ -72,7 +74,8 @@ def verify(
                      if instance else None)
         web_future = pool.submit(webserver.observe, web_base, timeout=timeout)
         public_future = (pool.submit(webserver.observe, public_base, timeout=timeout,
-                                     websocket=True) if public_base else None)
+                                     websocket=True, authorization=authorization)
+                         if public_base else None)
         db = db_future.result() if db_future else None
         backup_future = pool.submit(_observe_backup, instance) if db and db.reachable else None
         web = web_future.result()
@@ -105,6 +108,9 @@ def verify(
         checks.schedules(web, cfg.schedules),
         checks.backup(backup, max_age_h),
     ]
+    if public_base:  # who gets through the proxy, and past it
+        results += access.checks(settings, public_base, timeout=timeout,
+                                 authorization=authorization, ports=(web_base.port,))
     return Report(
         checks=results,
         elapsed_s=time.monotonic() - started,

@@ -18,6 +18,7 @@ from dagpg.instance import Instance, resolve_instance
 from dagpg.settings import KitSettings
 
 WEBSERVER, DAEMON = "webserver", "daemon"
+READ_ONLY = "read_only_webserver"  # the viewers' webserver (dagpg.access), when its config is given
 CURRENT_ENVIRONMENT = "the current environment"
 _PROGRAMS = {WEBSERVER: "dagster-webserver", DAEMON: "dagster-daemon"}
 _environ_lock = threading.Lock()
@@ -99,10 +100,13 @@ def _from_servy(path: Path, settings: KitSettings) -> ServiceHome:
 
 def _role(service, settings: KitSettings) -> str | None:
     names = {settings.services.webserver.lower(): WEBSERVER,
-             settings.services.daemon.lower(): DAEMON}
+             settings.services.daemon.lower(): DAEMON,
+             settings.services.read_only_webserver.lower(): READ_ONLY}
     if service.name.lower() in names:
         return names[service.name.lower()]
     command = f"{service.executable} {service.parameters}".lower()
+    if _PROGRAMS[WEBSERVER] in command and "--read-only" in command:
+        return READ_ONLY
     roles = [role for role, program in _PROGRAMS.items() if program in command]
     return roles[0] if len(roles) == 1 else None
 

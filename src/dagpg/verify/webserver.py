@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import ssl
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -41,6 +42,15 @@ class WebError(Exception):
 
 class Unreachable(WebError):
     """Nothing answered at all: refused, timed out, unknown host, TLS or connection failure."""
+
+
+class LoginRequired(WebError):
+    """HTTP 401: the proxy in front asks for a login."""
+
+
+# What Chromium offers on every WebSocket (RFC 7692). A proxy that forwards the offer but not the
+# compressed frames (IIS ARR 3) breaks the UI's subscriptions: the probe asks as a browser does.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 
 
 @dataclass(frozen=True)
@@ -100,9 +110,10 @@ class Page:
 class WebClient:
     """Requests to one webserver base URL; each call opens its own connection."""
 
-    def __init__(self, base: BaseUrl, timeout: float):
+    def __init__(self, base: BaseUrl, timeout: float, authorization: str | None = None):
         self.base = base
         self.timeout = timeout
+        self.authorization = authorization  # an Authorization header value, e.g. "Basic ..."
 
     # -- requests ------------------------------------------------------------------------
 
@@ -150,9 +161,28 @@ class WebClient:
             raise WebError(f"{url}: GraphQL error: {_first_line(message)}")
         return data.get("data") or {}
 
-    def websocket(self) -> str:
-        """Open `<prefix>/graphql` as a WebSocket with subprotocol graphql-ws and get
-        connection_ack for connection_init. Returns the negotiated subprotocol."""
+    def websocket(self) -> tuple[str, str]:
+        """Open `<prefix>/graphql` as a WebSocket with subprotocol graphql-ws, offering
+        compression as a browser does, and get connection_ack for connection_init. Returns the
+        negotiated subprotocol and extensions. When that fails but works without compression,
+        the proxy breaks compressed frames: the error says so."""
+        try:
+            return self._websocket(compress=True)
+        except Unreachable:
+            raise
+        except WebError as exc:
+            try:
+                self._websocket(compress=False)
+            except WebError:
+                raise exc from None
+            raise WebError(
+                f"{self.base.url('/graphql').replace('http', 'ws', 1)}: fails when the browser "
+                f"asks for compression ({exc}) and works without: the proxy breaks compressed "
+                "WebSocket frames (IIS ARR 3 does); blank the Sec-WebSocket-Extensions request "
+                "header in the rewrite rule (server variable HTTP_SEC_WEBSOCKET_EXTENSIONS, as "
+                "`dagpg render iis` writes it)") from None
+
+    def _websocket(self, *, compress: bool) -> tuple[str, str]:
         url = self.base.url("/graphql").replace("http", "ws", 1)
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
@@ -161,12 +191,16 @@ class WebClient:
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Protocol: graphql-ws\r\n"
-            f"Origin: {self.base.url()}\r\n\r\n"
+            + (f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if compress else "")
+            + (f"Authorization: {self.authorization}\r\n" if self.authorization else "")
+            + f"Origin: {self.base.url()}\r\n\r\n"
         )
         sock = self._socket(url)
         try:
             sock.sendall(request.encode())
             status, headers, rest = _read_head(sock, url)
+            if status == 401:
+                raise LoginRequired(f"{url}: the proxy asks for a login (HTTP 401)")
             if status != 101:
                 raise WebError(
                     f"{url}: expected 101 Switching Protocols, got HTTP {status}: the proxy does "
@@ -180,8 +214,13 @@ class WebClient:
             if protocol != "graphql-ws":
                 raise WebError(f"{url}: upgraded without subprotocol graphql-ws "
                                f"(got {protocol or 'none'!r}); the proxy drops the header")
+            extensions = headers.get("sec-websocket-extensions", "")
+            deflate = extensions.split(";")[0].strip().lower() == "permessage-deflate"
+            if extensions and not deflate:
+                raise WebError(f"{url}: the server answered extensions we did not offer: "
+                               f"{extensions!r}")
             sock.sendall(_frame(json.dumps({"type": "connection_init", "payload": {}})))
-            reply = _read_text_frame(sock, rest, url)
+            reply = _read_text_frame(sock, rest, url, deflate=deflate)
             if reply.get("type") != "connection_ack":
                 raise WebError(f"{url}: expected connection_ack, got {reply.get('type')!r}")
             try:
@@ -189,7 +228,7 @@ class WebClient:
                 sock.sendall(_frame(b"\x03\xe8", opcode=0x8))  # close, 1000
             except OSError:
                 pass  # the server may already have closed: the probe has its answer
-            return protocol
+            return protocol, extensions
         except TimeoutError:
             raise WebError(f"{url}: no answer within {self.timeout:g} s") from None
         except OSError as exc:
@@ -207,7 +246,8 @@ class WebClient:
             target = location
             parts = urlsplit(location)
             base = BaseUrl.parse(f"{parts.scheme}://{parts.netloc}")
-            client = WebClient(base, self.timeout)
+            same = (base.host, base.port) == (self.base.host, self.base.port)
+            client = WebClient(base, self.timeout, self.authorization if same else None)
             status, headers, body = client._request(
                 "GET", parts.path or "/", headers={"Accept": "text/html"}, raw_path=True)
             hops -= 1
@@ -218,6 +258,9 @@ class WebClient:
                  ) -> tuple[int, dict[str, str], bytes]:
         url = self.base.url(path)
         full_path = path if raw_path else f"{self.base.prefix}{path}"
+        headers = dict(headers or {})
+        if self.authorization:
+            headers["Authorization"] = self.authorization
         if self.base.scheme == "https":
             conn = http.client.HTTPSConnection(self.base.host, self.base.port,
                                                timeout=self.timeout,
@@ -226,7 +269,7 @@ class WebClient:
             conn = http.client.HTTPConnection(self.base.host, self.base.port,
                                               timeout=self.timeout)
         try:
-            conn.request(method, full_path, body=body, headers=headers or {})
+            conn.request(method, full_path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read(_MAX_BODY)
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
@@ -254,7 +297,8 @@ class WebClient:
 def _expect_ok(status: int, url: str) -> None:
     if status != 200:
         reason = http.client.responses.get(status, "")
-        raise WebError(f"{url} answered HTTP {status} {reason}".rstrip())
+        error = LoginRequired if status == 401 else WebError
+        raise error(f"{url} answered HTTP {status} {reason}".rstrip())
 
 
 def _json(body: bytes, url: str) -> Any:
@@ -323,7 +367,8 @@ def _frame(payload: str | bytes, opcode: int = 0x1) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
-def _read_text_frame(sock: socket.socket, buffered: bytes, url: str) -> dict[str, Any]:
+def _read_text_frame(sock: socket.socket, buffered: bytes, url: str, *,
+                     deflate: bool = False) -> dict[str, Any]:
     buf = bytearray(buffered)
 
     def need(n: int) -> bytes:
@@ -352,6 +397,16 @@ def _read_text_frame(sock: socket.socket, buffered: bytes, url: str) -> dict[str
         raise WebError(f"{url}: the server closed the WebSocket instead of acknowledging")
     if opcode != 0x1:
         raise WebError(f"{url}: expected a text frame, got opcode {opcode}")
+    if b0 & 0x40:  # RSV1: a compressed message (RFC 7692 §6)
+        if not deflate:
+            raise WebError(f"{url}: a compressed frame although no compression was agreed: "
+                           "the proxy mangles WebSocket frames")
+        try:
+            # The server's window is at most 15 bits; a 15-bit inflater reads any smaller one.
+            payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+        except zlib.error:
+            raise WebError(f"{url}: a compressed frame that does not inflate: the proxy "
+                           "mangles compressed WebSocket frames") from None
     try:
         message = json.loads(payload)
     except ValueError:
@@ -392,19 +447,24 @@ class WebObservation:
     status: dict[str, Any] | None = None
     status_error: str | None = None
     protocol: str | None = None
+    extensions: str | None = None  # Sec-WebSocket-Extensions as the server answered
     websocket_error: str | None = None
+    login_required: bool = False  # HTTP 401 and no credentials given
 
 
-def observe(base: BaseUrl, *, timeout: float, websocket: bool = False) -> WebObservation:
-    """server_info first; when the host does not answer at all, nothing else is tried."""
-    client = WebClient(base, timeout)
+def observe(base: BaseUrl, *, timeout: float, websocket: bool = False,
+            authorization: str | None = None) -> WebObservation:
+    """server_info first; when the host does not answer at all, or asks for a login none was
+    given for, nothing else is tried."""
+    client = WebClient(base, timeout, authorization)
     obs = WebObservation(base)
     try:
         obs.info = client.server_info()
     except WebError as exc:
         obs.info_error = str(exc)
         obs.unreachable = isinstance(exc, Unreachable)
-        if obs.unreachable:
+        obs.login_required = isinstance(exc, LoginRequired) and not authorization
+        if obs.unreachable or obs.login_required:
             return obs
     try:
         obs.page = client.page()
@@ -416,7 +476,7 @@ def observe(base: BaseUrl, *, timeout: float, websocket: bool = False) -> WebObs
         obs.status_error = str(exc)
     if websocket:
         try:
-            obs.protocol = client.websocket()
+            obs.protocol, obs.extensions = client.websocket()
         except WebError as exc:
             obs.websocket_error = str(exc)
     return obs
