@@ -25,12 +25,13 @@ from dagpg import __version__, pg
 from dagpg.backup import catalog, files, lock, tools
 from dagpg.backup import manifest as mf
 from dagpg.backup.errors import BackupError, DestinationError, ToolFailedError
+from dagpg.dbtables import has_table
 from dagpg.errors import DagpgError
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 _REPORT_EVERY_S = 5.0
 
 
@@ -67,11 +68,11 @@ def create_backup(
     *,
     kind: str = "cli",
     suffix: str | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> BackupResult:
     """Back up `instance` (database, compute logs, dagster.yaml, workspace.yaml) into a new
     folder of `directory`. Nothing that looks like a backup is left when it fails."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     directory = Path(directory)
     started = mf.now_utc()
     _check_logs_dir(instance)
@@ -201,7 +202,7 @@ class _Dump:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr)
 
-    def wait(self, say: Progress) -> None:
+    def wait(self, say: ProgressFn) -> None:
         last = time.monotonic()
         while True:
             try:
@@ -287,8 +288,7 @@ def _copy_config(instance: Instance, partial: Path) -> list[str]:
 def _revisions(cur) -> dict[str, str | None]:
     found = {}
     for key, table in (("dagster", "public.alembic_version"), ("dagpg", "dagpg.alembic_version")):
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-        if cur.fetchone()[0]:
+        if has_table(cur, table):
             cur.execute(f"SELECT max(version_num) FROM {table}")  # noqa: S608 (fixed names)
             found[key] = cur.fetchone()[0]
         else:

@@ -17,7 +17,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,14 @@ from dagpg.backup.errors import (
     RestoreRefusedError,
 )
 from dagpg.backup.folders import Folder, backup_directory, locate, scan
+from dagpg.dbtables import has_table
 from dagpg.heartbeats import read_heartbeats
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
 from dagpg.settings import KitSettings
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 # Tables whose rows are history worth a safety backup (the rest is created by `db upgrade`).
 _HISTORY_TABLES = ("runs", "event_logs", "jobs", "instigators", "job_ticks", "asset_keys",
@@ -75,10 +75,10 @@ def restore_backup(
     *,
     directory: str | os.PathLike | None = None,
     force: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> RestoreReport:
     """Restore backup `name` (in the backups folder, or a folder's path) over `instance`."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     started = time.monotonic()
     directory = backup_directory(settings, directory)
     folder = locate(name, directory)
@@ -155,8 +155,7 @@ def _refuse_while_running(conn, settings: KitSettings, force: bool) -> None:
 def _has_data(conn) -> bool:
     with conn.cursor() as cur:
         for table in _HISTORY_TABLES:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
-            if not cur.fetchone()[0]:
+            if not has_table(cur, f"public.{table}"):
                 continue
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
                 sql.Identifier("public", table)))

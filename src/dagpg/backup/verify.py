@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ from dagpg.backup.errors import BackupCorruptError, BackupError
 from dagpg.backup.folders import Folder, locate
 from dagpg.errors import DatabaseError
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -56,11 +55,11 @@ def verify_backup(
     directory: Path,
     *,
     restore_test: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> VerifyReport:
     """Verify backup `name` (in `directory`, or a folder's path). Raises BackupCorruptError
     when a check fails, after recording the result in the catalog."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     started = time.monotonic()
     folder = locate(name, directory)
     report = VerifyReport(folder.name, folder.path)
