@@ -186,15 +186,7 @@ def test_a_killed_child_stops_the_migration_in_one_line_and_a_rerun_finishes(sql
     assert again.exit_code == 0, again.output
     report = json.loads(again.stdout)
     assert (report["resumed"], report["verification"]["ok"]) == (True, True)
-    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
-        cur.execute("SELECT id, status FROM dagpg.migration_runs")
-        (migration_id, status), = cur.fetchall()
-        assert status == "done"
-        cur.execute("SELECT sum(rows) FROM dagpg.migration_steps WHERE migration_id = %s AND "
-                    "step LIKE 'events:%%'", (migration_id,))
-        copied = cur.fetchone()[0]
-        cur.execute("SELECT count(*) FROM event_logs")
-        assert copied == cur.fetchone()[0] > 0  # every event copied once
+    sqlite_fixtures.assert_one_migration_copied_every_event_once(dagster_home.target)
     assert sqlite_home.unchanged()
 
 
