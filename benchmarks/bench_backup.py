@@ -227,9 +227,11 @@ def fill(target: PgTarget, events: int) -> float:
 
 def library_backup(instance, dests: Path) -> tuple[float, str]:
     from dagpg.backup import create_backup
+    from dagpg.settings import load_settings
 
+    settings = load_settings(dagster_home=instance.home)
     started = time.perf_counter()
-    result = create_backup(instance, dests, kind="benchmark")
+    result = create_backup(instance, settings, directory=dests, kind="benchmark")
     return time.perf_counter() - started, result.name
 
 

@@ -27,7 +27,7 @@ if importlib.util.find_spec("arcpy_orchestration") is None:
 import arcpy_orchestration  # noqa: E402,F401  (initialises the package's loggers)
 from arcpy_orchestration import gis, park_access  # noqa: E402
 from arcpy_orchestration.config import get_config  # noqa: E402
-from dagpg.backup import backup_directory, create_backup, prune_backups  # noqa: E402
+from dagpg.backup import create_backup, prune_backups  # noqa: E402
 from dagpg.instance import resolve_instance  # noqa: E402
 from dagpg.settings import load_settings  # noqa: E402
 
@@ -143,8 +143,7 @@ def instance_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """A backup of this Dagster instance (database, compute logs, dagster.yaml), then retention."""
     instance = resolve_instance(context.instance.root_directory)
     settings = load_settings(dagster_home=instance.home)
-    result = create_backup(instance, backup_directory(settings), kind="dagster",
-                           progress=context.log.info)
+    result = create_backup(instance, settings, kind="dagster", progress=context.log.info)
     pruned = prune_backups(instance, settings)
     return dg.MaterializeResult(metadata={
         "backup": result.name,

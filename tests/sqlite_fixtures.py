@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagpg import pg
 from tests import processes
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -228,3 +229,17 @@ def sqlite_rows(path: Path, query: str) -> list[tuple]:
         return conn.execute(query).fetchall()
     finally:
         conn.close()
+
+
+def assert_one_migration_copied_every_event_once(target) -> None:
+    """The target holds one finished migration, and however many attempts it took, each event
+    was copied once: the rows its committed units recorded are the rows in event_logs."""
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, status FROM dagpg.migration_runs")
+        (migration_id, status), = cur.fetchall()
+        assert status == "done"
+        cur.execute("SELECT sum(rows) FROM dagpg.migration_steps WHERE migration_id = %s "
+                    "AND step LIKE 'events:%%'", (migration_id,))
+        copied = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM event_logs")
+        assert copied == cur.fetchone()[0] > 0

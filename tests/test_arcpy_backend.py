@@ -7,7 +7,6 @@ correctly; they cannot show that ArcGIS itself behaves as its documentation says
 
 from __future__ import annotations
 
-import importlib
 import logging
 import subprocess
 import sys
@@ -397,7 +396,21 @@ print(type(backend).__name__, "arcpy" in sys.modules, "dagster" in sys.modules,
     assert done.stdout.split() == ["OpenSourceBackend", "False", "False", "False"]
 
 
-def test_backend_module_import_is_lazy(fake):
-    assert "arcpy_orchestration.gis.arcpy_backend" not in sys.modules
-    importlib.import_module("arcpy_orchestration.gis")
-    assert "arcpy_orchestration.gis.arcpy_backend" not in sys.modules
+def test_arcpy_is_imported_only_when_its_backend_is_built(tmp_path):
+    """Importing arcpy takes seconds in ArcGIS Pro: loading the pipeline (as the Dagster
+    definitions do) and choosing the backend must not; building the backend does. A fresh
+    interpreter where an `arcpy` module imports (a stub, in the working folder)."""
+    (tmp_path / "arcpy.py").write_text("import types\nenv = types.SimpleNamespace()\n")
+    code = """
+import sys
+from arcpy_orchestration import gis, park_access, workbook
+def loaded():
+    return ["arcpy" in sys.modules, "arcpy_orchestration.gis.arcpy_backend" in sys.modules]
+print(loaded(), gis.resolve_backend_name("auto"), loaded())
+print(type(gis.get_backend("auto")).__name__, loaded())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[False, False] arcpy [False, False]",
+                                        "ArcpyBackend [True, True]"]

@@ -105,6 +105,26 @@ def test_status_down_and_url(local_home):
     pg.connect(resolve_instance(local_home).target).close()
 
 
+def test_backups_list_works_while_the_server_is_stopped(local_home, tmp_path):
+    assert db("up", "--silent").exit_code == 0
+    dest = tmp_path / "backups"
+    made = CliRunner().invoke(cli, ["backup", "--dest", str(dest), "--json", "--silent"])
+    assert made.exit_code == 0, made.output
+    name = json.loads(made.stdout)["name"]
+    assert db("down", "--silent").exit_code == 0
+    assert db("status").exit_code == 3  # stopped, by PostgreSQL's own pg_ctl
+
+    listed = CliRunner().invoke(cli, ["backups", "list", "--dir", str(dest)])
+    assert listed.exit_code == 0, listed.output
+    port = resolve_instance(local_home).target.port
+    lines = listed.stdout.splitlines()
+    assert lines[0] == f"1 backups in {dest}"
+    assert lines[2].split()[:3] == [name, "ok", "cli"]
+    assert lines[-1] == (
+        f"Note: catalog unavailable (cannot connect to PostgreSQL at localhost:{port}/dagster: "
+        "connection refused; is the server running? (for the local server: `dagpg db status`))")
+
+
 def test_port_in_use_is_a_clear_error(local_home):
     port = resolve_instance(local_home, require_password=False).target.port
     with socket.socket() as blocker:

@@ -4,11 +4,14 @@ non-zero exit code, nothing written to the target, and the source left exactly a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -153,6 +156,52 @@ def test_wrong_password(sqlite_home, dagster_home):
                  f"for user {dagster_home.target.user!r}; check DAGSTER_PG_PASSWORD")
     assert "not-the-password" not in result.output
     assert sqlite_home.unchanged()
+
+
+def test_a_killed_child_stops_the_migration_in_one_line_and_a_rerun_finishes(sqlite_home,
+                                                                              dagster_home):
+    """The child rendering events (`python -m dagpg.migrate.pump`) is SIGKILLed as soon as it
+    starts, as the OOM killer would."""
+    killed: list[int] = []
+    finished = threading.Event()
+
+    def kill_the_child() -> None:
+        while not finished.is_set() and not killed:
+            for pid in _children_running("dagpg.migrate.pump"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            finished.wait(0.005)
+
+    killer = threading.Thread(target=kill_the_child, daemon=True)
+    killer.start()
+    try:
+        first = migrate_cli(sqlite_home.home, "--silent")
+    finally:
+        finished.set()
+        killer.join()
+    assert killed, "the child was never seen"
+    assert_error(first, 1, "the event-rendering process ended early (exit code -9); run the "
+                 "command again")
+    again = migrate_cli(sqlite_home.home, "--silent", "--json")
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert (report["resumed"], report["verification"]["ok"]) == (True, True)
+    sqlite_fixtures.assert_one_migration_copied_every_event_once(dagster_home.target)
+    assert sqlite_home.unchanged()
+
+
+def _children_running(module: str) -> list[int]:
+    """This process's children whose command line runs `module`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == os.getpid() and module.encode() in argv:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_unreadable_file(sqlite_home, dagster_home):

@@ -88,15 +88,7 @@ def test_killed_at_several_points_ends_like_an_uninterrupted_run(sqlite_home, da
         assert codes[:-1] == [None] * (len(KILL_AFTER) - 1), "\n".join(log)
         assert codes[-1] == 0, "\n".join(log)
         assert digest(target) == expected
-        with pg.connection(target) as conn, conn.cursor() as cur:
-            cur.execute("SELECT id, status FROM dagpg.migration_runs")
-            (mid, status), = cur.fetchall()
-            assert status == "done"
-            cur.execute("SELECT sum(rows) FROM dagpg.migration_steps WHERE migration_id = %s "
-                        "AND step LIKE 'events:%%'", (mid,))
-            copied = cur.fetchone()[0]
-            cur.execute("SELECT count(*) FROM event_logs")
-            assert copied == cur.fetchone()[0]  # every event copied once, across all attempts
+        sqlite_fixtures.assert_one_migration_copied_every_event_once(target)
         # the killed attempts' scratch folders were removed by the next attempt
         left = [d for d in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*")
                 if (d / "pid").is_file() and int((d / "pid").read_text()) in pids]

@@ -380,10 +380,39 @@ def test_render_rejects_an_unknown_kind(tmp_path):
     assert "'docker' is not one of 'servy', 'iis', 'nginx', 'task', 'all'" in result.output
 
 
-def test_committed_config_renders(tmp_path):
+def test_committed_config_renders_what_it_says(tmp_path):
+    """What the server gets from config/config.yml (prod): every value that config names lands
+    in the file that uses it."""
     settings = load_settings(PROJECT_DIR / "config" / "config.yml", "prod")
     files = render_files(layout_from(settings))
+    win, web, names, access = (settings.windows, settings.webserver, settings.services,
+                               settings.access)
     # Access control on, no htpasswd: an IIS deployment, so `all` has no nginx files.
-    assert sorted(files) == ["iis/iis_setup.ps1", "iis/web.config", "servy/DagsterDaemon.xml",
-                             "servy/DagsterWebserver.xml", "servy/DagsterWebserverReadOnly.xml",
-                             "task/DagsterNightlyBackup.xml"]
+    assert sorted(files) == sorted([
+        f"servy/{names.webserver}.xml", f"servy/{names.read_only_webserver}.xml",
+        f"servy/{names.daemon}.xml", "iis/web.config", "iis/iis_setup.ps1",
+        "task/DagsterNightlyBackup.xml"])
+    root = win.project_root
+    environment = {"DAGSTER_HOME": f"{root}\\{win.dagster_home}",
+                   "PROJECT_ENV": win.project_env}
+    found = services(files, tmp_path)
+    for name in (names.webserver, names.read_only_webserver, names.daemon):
+        assert found[name].environment == environment
+        assert found[name].startup_directory == root
+        assert found[name].executable.startswith(f"{root}\\{win.env_dir}\\Scripts\\")
+    assert found[names.read_only_webserver].parameters.endswith(
+        f" -h {web.host} -p {web.port} --path-prefix {web.path_prefix} --read-only")
+    assert found[names.webserver].parameters.endswith(
+        f" -h {web.host} -p {access.admin_port} --path-prefix {access.admin_path_prefix}")
+    config = files["iis/web.config"].decode()
+    assert f'url="http://{web.host}:{web.port}{web.path_prefix}{{R:1}}"' in config
+    assert (f'url="http://{web.host}:{access.admin_port}{access.admin_path_prefix}{{R:1}}"'
+            in config)
+    assert f"$site = '{win.iis_site}'" in files["iis/iis_setup.ps1"].decode()
+    task = ET.fromstring(files["task/DagsterNightlyBackup.xml"])
+    minute, hour = (int(v) for v in settings.backup.schedule.cron.split()[:2])
+    assert task.findtext("t:Triggers/t:CalendarTrigger/t:StartBoundary", namespaces=NS).endswith(
+        f"T{(hour + 2) % 24:02d}:{minute:02d}:00")
+    args = task.findtext("t:Actions/t:Exec/t:Arguments", namespaces=NS)
+    assert f'set "DAGSTER_HOME={environment["DAGSTER_HOME"]}" && set "PROJECT_ENV=prod"' in args
+    assert f"{root}\\{win.log_dir}\\dagpg_backup.log" in args

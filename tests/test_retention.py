@@ -74,13 +74,15 @@ def test_prune_over_backup_folders_with_made_up_dates(dagster_home, tmp_path):
     config = dagster_home.home.parent / "config" / "config.yml"
     config.parent.mkdir()
     config.write_text(f"dagpg:\n  backup:\n    directory: {dest}\n    keep_daily: 3\n"
-                      "    keep_weekly: 2\n")
+                      "    keep_weekly: 2\n    schedule:\n      timezone: UTC\n")
     real = backup(dest)["name"]
-    now = datetime.now(UTC).replace(hour=9, minute=30, second=0, microsecond=0)
+    # Retention reads no clock: only the backups' own times. The last night is a Wednesday, so
+    # the newest backup of the week before is that Sunday's, three nights earlier.
+    last = datetime(2026, 1, 28, 9, 30, tzinfo=UTC)
     names = []
     with pg.connection(dagster_home.target) as conn:
-        for days_ago in range(30, 0, -1):
-            when = now - timedelta(days=days_ago)
+        for days_ago in range(29, -1, -1):
+            when = last - timedelta(days=days_ago)
             name = new_name(when)
             shutil.copytree(dest / real, dest / name)
             manifest = json.loads((dest / name / "manifest.json").read_text())
@@ -106,11 +108,15 @@ def test_prune_over_backup_folders_with_made_up_dates(dagster_home, tmp_path):
     report = json.loads(result.stdout)
     assert report["deleted"] == planned["deleted"]
     kept = {k["name"]: k["reasons"] for k in report["kept"]}
-    # The last 3 days, plus the newest of the 2 last ISO weeks (one may coincide with a day),
-    # plus the newest *verified* one (the newest of all failed its verification).
-    assert set(names[-3:]) <= set(kept)
-    assert kept[names[-2]][-1] == "newest verified"
-    assert 3 <= len(kept) <= 5
+    # The last 3 days, the newest of the last 2 ISO weeks, and the newest *verified* backup
+    # (the newest of all failed its verification).
+    assert kept == {
+        names[-1]: ["daily 2026-01-28", "weekly 2026-W05"],
+        names[-2]: ["daily 2026-01-27", "newest verified"],
+        names[-3]: ["daily 2026-01-26"],
+        names[-4]: ["weekly 2026-W04"],
+    }
+    assert report["deleted"] == names[:-4]
     assert backup_names(dest) == sorted(kept)
     assert report["leftovers_removed"] == [".partial-20200101T000000Z"]
     rows = {b.name for b in catalog.all_backups(dagster_home.resolve())}

@@ -20,7 +20,7 @@ from dagpg.heartbeats import Heartbeat
 from dagpg.localdb import free_port
 from dagpg.render.servy import encode_environment, service_xml
 from dagpg.settings import KitSettings
-from dagpg.verify import checks, report
+from dagpg.verify import checks, report, verify
 from dagpg.verify.database import DbObservation
 from dagpg.verify.services import CURRENT_ENVIRONMENT, DAEMON, ServiceHome, listen_url
 from dagpg.verify.webserver import BaseUrl
@@ -80,10 +80,27 @@ def test_no_password_is_a_usage_error(dagster_home, monkeypatch):
         "password of the instance (in both services' environments on a server)")
 
 
-def test_a_non_positive_threshold_is_a_usage_error(dagster_home):
-    result = run("--max-heartbeat-age", "0")
+@pytest.mark.parametrize("limits, message", [
+    ({"heartbeat_max_age_s": 0}, "heartbeat_max_age_s (--max-heartbeat-age) must be greater "
+     "than 0, not 0; give a number of seconds"),
+    ({"backup_max_age_h": -2.5}, "backup_max_age_h (--max-backup-age) must be greater than 0, "
+     "not -2.5; give a number of hours"),
+    ({"timeout_s": float("nan")}, "timeout_s must be greater than 0, not nan; give a number of "
+     "seconds"),
+])
+def test_verify_refuses_a_limit_of_zero_or_less(limits, message):
+    # Before anything is resolved or asked: no DAGSTER_HOME is needed to be told.
+    with pytest.raises(ConfigurationError) as err:
+        verify(KitSettings(), dagster_home="/nonexistent", **limits)
+    assert str(err.value) == message
+    assert err.value.exit_code == 2
+
+
+def test_the_cli_reports_a_bad_limit_as_one_line(dagster_home):
+    result = run("--max-backup-age", "0")
     assert result.exit_code == 2
-    assert "Invalid value for --max-heartbeat-age: must be greater than 0" in result.stderr
+    assert result.stderr.strip() == ("Error: backup_max_age_h (--max-backup-age) must be "
+                                     "greater than 0, not 0; give a number of hours")
 
 
 def test_a_servy_config_of_another_service_is_a_usage_error(dagster_home, tmp_path):
@@ -336,15 +353,14 @@ class Backup:  # the fields dagpg.backup.catalog.BackupInfo gives verify
      "running? see its last run in the UI"),
 ])
 def test_backup_age(hours, verified, status, detail):
-    obs = checks.BackupObservation(True, Backup("b", NOW - timedelta(hours=hours), verified))
+    obs = checks.BackupObservation(Backup("b", NOW - timedelta(hours=hours), verified))
     result = checks.backup(obs, 26, now=NOW)
     assert (result.status, result.detail) == (status, detail)
 
 
-def test_backups_not_available_are_skipped_and_warnings_pass():
-    skipped = checks.backup(checks.BackupObservation(False), 26)
-    assert skipped.status == checks.SKIP
-    assert skipped.detail == "not available: this dagpg has no backup catalog (dagpg.backup)"
+def test_skipped_checks_and_warnings_pass_a_failure_does_not():
+    skipped = checks.backup(None, 26)
+    assert (skipped.status, skipped.detail) == (checks.SKIP, "needs the database: see database")
     warned = checks.CheckResult("x", "X", checks.WARN, "look")
     assert report.Report([skipped, warned]).exit_code == 0
     failed = checks.CheckResult("y", "Y", checks.FAIL, "broken")

@@ -1,14 +1,15 @@
 """`dagpg verify` against real dagster-webserver and dagster-daemon processes on PostgreSQL.
 
 One webserver (under the path prefix /dagster, standing in for the public URL too) and one
-daemon share the module; the daemon is stopped by the last test.
+daemon share the module. Each test gets them running: a test that stops the daemon leaves it to
+the `stack` fixture to start a new one for the next test that runs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ from tests import pgharness, processes
 pytestmark = pytest.mark.slow
 
 DEFINITIONS = Path(__file__).resolve().parent / "verify_definitions.py"
-HAS_BACKUPS = importlib.util.find_spec("dagpg.backup.catalog") is not None
 
 
 @dataclass
@@ -70,8 +70,34 @@ def graphql_daemons(url: str) -> list[dict]:
     return data["instance"]["daemonHealth"]["allDaemonStatuses"]
 
 
+def start_daemon(stack: Stack) -> object:
+    """A daemon for the stack's instance (wait_for_daemon tells when it is up)."""
+    daemon = processes.start_daemon(stack.home, stack.root / "logs",
+                                    env={"DAGSTER_PG_PASSWORD": stack.password},
+                                    workspace=stack.workspace)
+    daemon.started_at = time.time()
+    return daemon
+
+
+def wait_for_daemon(stack: Stack, daemon) -> object:
+    """Once the webserver shows a heartbeat of every required daemon since it started."""
+    processes.wait_for(
+        lambda: (statuses := graphql_daemons(stack.url))
+        and all((s["lastHeartbeatTime"] or 0) > daemon.started_at for s in statuses),
+        timeout=120, what="a heartbeat from every required daemon", proc=daemon)
+    return daemon
+
+
+@pytest.fixture
+def stack(module_stack: Stack) -> Stack:
+    """The module's services, the daemon running (a test before may have stopped it)."""
+    if module_stack.daemon.poll() is not None:
+        module_stack.daemon = wait_for_daemon(module_stack, start_daemon(module_stack))
+    return module_stack
+
+
 @pytest.fixture(scope="module")
-def stack(pg_server, template_database, tmp_path_factory):
+def module_stack(pg_server, template_database, tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
     password = pg_server.admin.password or ""
     database = pg_server.create_database(template=template_database)
@@ -88,26 +114,22 @@ def stack(pg_server, template_database, tmp_path_factory):
     env = {"DAGSTER_PG_PASSWORD": password}
     web = processes.start_webserver(home, port, root / "logs", path_prefix="/dagster", env=env,
                                     workspace=workspace)
-    daemon = processes.start_daemon(home, root / "logs", env=env, workspace=workspace)
     stack = Stack(root, home, database, other_home, other, workspace, port, password,
-                  pg_server, daemon)
+                  pg_server, daemon=None)
+    stack.daemon = start_daemon(stack)
     try:
         processes.wait_for(lambda: processes.http_json(f"{stack.url}/server_info"),
                            timeout=120, what="webserver /server_info", proc=web)
-        processes.wait_for(
-            lambda: (statuses := graphql_daemons(stack.url))
-            and all(s["lastHeartbeatTime"] for s in statuses),
-            timeout=120, what="a heartbeat from every required daemon", proc=daemon)
+        wait_for_daemon(stack, stack.daemon)
         # The page writes instance_info.run_storage_id, the instance id, on first use.
         assert processes.http_json(f"{stack.url}/server_info")
         urllib.request.urlopen(f"{stack.url}/", timeout=10).close()
-        if HAS_BACKUPS:
-            result = CliRunner().invoke(cli, ["backup", "--dest", str(root / "backups"),
-                                              "--json", "--silent"], env=stack.env())
-            assert result.exit_code == 0, result.output + result.stderr
+        result = CliRunner().invoke(cli, ["backup", "--dest", str(root / "backups"),
+                                          "--json", "--silent"], env=stack.env())
+        assert result.exit_code == 0, result.output + result.stderr
         yield stack
     finally:
-        processes.stop(daemon)
+        processes.stop(stack.daemon)
         processes.stop(web)
         pg_server.drop_database(database)
         pg_server.drop_database(other)
@@ -144,8 +166,6 @@ def test_verify_passes_on_a_healthy_instance(stack, monkeypatch):
     assert result.exit_code == 0, json.dumps(report, indent=1)
     assert report["ok"] is True
     expected = {name: "ok" for name in statuses(report)}
-    if not HAS_BACKUPS:
-        expected["operations.backup"] = "skip"
     # One webserver without a proxy's login here (access control: test_access.py).
     expected.update({"access.anonymous": "warn", "access.read_only": "skip"})
     assert statuses(report) == expected
@@ -327,7 +347,7 @@ def test_database_down_is_a_failed_check(stack, tmp_path):
     assert statuses(report)["daemon.heartbeats"] == "skip"
 
 
-# -- last: the daemon stops ----------------------------------------------------------------
+# -- the daemon stops (the `stack` fixture starts another for any test after) ---------------
 
 def test_a_stopped_daemon_fails_once_its_heartbeats_age(stack):
     processes.stop(stack.daemon)

@@ -5,8 +5,10 @@ Every message says what is wrong and what to do next. Messages never carry a pas
 
 from __future__ import annotations
 
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+# Exit codes, named once; only dagpg.cli exits.
+EXIT_FAILURE = 1  # the operation failed, or a check did
+EXIT_CONFIG = 2  # bad usage or configuration: nothing was attempted
+EXIT_NOT_RUNNING = 3  # `dagpg db status`: the local server is not running (as `pg_ctl status`)
 
 
 class DagpgError(Exception):

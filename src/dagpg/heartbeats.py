@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from dagpg.dbtables import has_table
+
 
 @dataclass(frozen=True)
 class Heartbeat:
@@ -21,17 +23,13 @@ class Heartbeat:
 
 
 def read_heartbeats(conn) -> list[Heartbeat]:
-    """Every daemon's latest heartbeat (a DB-API connection; empty if the table is absent)."""
+    """Every daemon's latest heartbeat (a DB-API connection; empty if no daemon ever ran)."""
+    if not has_table(conn, "daemon_heartbeats"):
+        return []
     cur = conn.cursor()
     try:
         cur.execute("SELECT daemon_type, daemon_id, timestamp FROM daemon_heartbeats")
         rows = cur.fetchall()
-    except Exception as exc:  # noqa: BLE001  (undefined table: no daemon has ever run)
-        if "daemon_heartbeats" not in str(exc):
-            raise
-        if hasattr(conn, "rollback"):
-            conn.rollback()
-        return []
     finally:
         cur.close()
     return sorted(

@@ -41,6 +41,12 @@ class PgTarget:
         return src.split(":", 1)[1] if src.startswith("env:") else None
 
     @property
+    def password_missing(self) -> bool:
+        """dagster.yaml names a password source (`{env: NAME}`) that gave nothing: connecting
+        would fail, so callers that can do without the database do not try."""
+        return self.password is None and self.password_source != "none"
+
+    @property
     def where(self) -> str:
         return f"{self.host}:{self.port}/{self.database}"
 

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from psycopg2 import sql
 
 from dagpg.errors import LocalDbError, PortInUseError
 from dagpg.pgbin import Program, find_program
+from dagpg.progress import ProgressFn, reporter
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 SUPERUSER = "postgres"
 _CONF_NAME = "dagpg.conf"
 SERVER_ROOT = "/var/lib/dagpg"  # clusters of DAGSTER_HOMEs the server's OS user cannot enter
@@ -90,9 +89,9 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def up(self, progress: Progress | None = None) -> ClusterStatus:
+    def up(self, progress: ProgressFn | None = None) -> ClusterStatus:
         """Initialize (first time) and start the cluster. Idempotent."""
-        say = progress or (lambda _msg: None)
+        say = reporter(progress)
         _require_posix()
         running = self._pg_ctl_status() == 0
         if not running:
@@ -106,10 +105,10 @@ class LocalCluster:
             self._start()
         return self.status()
 
-    def down(self, progress: Progress | None = None) -> ClusterStatus:
+    def down(self, progress: ProgressFn | None = None) -> ClusterStatus:
         """Stop the cluster if it runs. Idempotent."""
         if self._pg_ctl_status() == 0:
-            (progress or (lambda _m: None))("stopping PostgreSQL")
+            reporter(progress)("stopping PostgreSQL")
             result = self._run_as_server(
                 [self._program("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
                  "-t", "60", "-s"]
@@ -422,7 +421,7 @@ def _default_root(home: Path) -> Path:
 
 
 def up_for_instance(
-    instance, data_dir: str | os.PathLike | None = None, progress: Progress | None = None
+    instance, data_dir: str | os.PathLike | None = None, progress: ProgressFn | None = None
 ) -> ClusterStatus:
     """Start the local cluster and create the role and database dagster.yaml names."""
     cluster = cluster_for(instance, data_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from dagpg import pg
 from dagpg.errors import SchemaNotAtHeadError
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
 
 if TYPE_CHECKING:
     import alembic.config
@@ -114,9 +115,9 @@ def require_head(instance: Instance) -> SchemaStatus:
     return status
 
 
-def upgrade(instance: Instance, progress: Callable[[str], None] | None = None) -> UpgradeReport:
+def upgrade(instance: Instance, progress: ProgressFn | None = None) -> UpgradeReport:
     """Bring Dagster's schema and the kit's to head. Running it twice changes nothing."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     before = schema_status(instance)
     with pg.connection(instance.target, autocommit=True) as lock_conn:
         with lock_conn.cursor() as cur:

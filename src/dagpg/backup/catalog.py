@@ -18,6 +18,7 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from dagpg import pg
+from dagpg.dbtables import has_table
 from dagpg.instance import Instance
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,7 @@ def rows_by_name(conn) -> dict[str, BackupInfo]:
 
 
 def has_catalog(conn) -> bool:
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
-        return bool(cur.fetchone()[0])
+    return has_table(conn, TABLE)
 
 
 def _select(instance: Instance, clause: str) -> list[BackupInfo]:

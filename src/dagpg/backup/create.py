@@ -25,12 +25,15 @@ from dagpg import __version__, pg
 from dagpg.backup import catalog, files, lock, tools
 from dagpg.backup import manifest as mf
 from dagpg.backup.errors import BackupError, DestinationError, ToolFailedError
-from dagpg.errors import DagpgError
+from dagpg.backup.folders import backup_directory
+from dagpg.dbtables import has_table
+from dagpg.errors import ConfigurationError, DagpgError
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
+from dagpg.settings import KitSettings
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 _REPORT_EVERY_S = 5.0
 
 
@@ -61,18 +64,30 @@ class BackupResult:
         }
 
 
+@dataclass(frozen=True)
+class BackupSkipped:
+    """What `backup_if_due` did instead of a backup: nothing, and why."""
+
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"skipped": True, "reason": self.reason}
+
+
 def create_backup(
     instance: Instance,
-    directory: str | os.PathLike,
+    settings: KitSettings,
     *,
+    directory: str | os.PathLike | None = None,
     kind: str = "cli",
     suffix: str | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> BackupResult:
     """Back up `instance` (database, compute logs, dagster.yaml, workspace.yaml) into a new
-    folder of `directory`. Nothing that looks like a backup is left when it fails."""
-    say = progress or (lambda _msg: None)
-    directory = Path(directory)
+    folder of the backups folder (`directory`, else dagpg.backup.directory). Nothing that looks
+    like a backup is left when it fails."""
+    say = reporter(progress)
+    directory = backup_directory(settings, directory)
     started = mf.now_utc()
     _check_logs_dir(instance)
     _prepare(directory)
@@ -172,10 +187,31 @@ def _manifest(instance: Instance, *, name, kind, started, finished, server, pg_d
     }
 
 
+def backup_if_due(
+    instance: Instance,
+    settings: KitSettings,
+    *,
+    older_than_h: float,
+    directory: str | os.PathLike | None = None,
+    kind: str = "cli",
+    progress: ProgressFn | None = None,
+) -> BackupResult | BackupSkipped:
+    """A backup (as `create_backup`) unless the newest one is younger than `older_than_h` hours
+    or one is running now: for the OS task that backs up only when Dagster's schedule did not."""
+    if not older_than_h >= 0:  # also refuses NaN
+        raise ConfigurationError(
+            f"the backup age limit must be 0 hours or more, not {older_than_h:g}; give a "
+            "number of hours (--if-older-than)")
+    due, why = backup_due(instance, older_than_h)
+    if not due:
+        log.info("no backup taken: %s", why)
+        return BackupSkipped(why)
+    return create_backup(instance, settings, directory=directory, kind=kind, progress=progress)
+
+
 def backup_due(instance: Instance, max_age_h: float) -> tuple[bool, str]:
     """Whether a backup is due: (False, why) when the newest completed backup (catalogued,
-    folder present) is younger than `max_age_h` or another backup is running right now.
-    For the OS task that backs up only when the Dagster schedule did not."""
+    folder present) is younger than `max_age_h` or another backup is running right now."""
     with pg.connection(instance.target) as conn:
         if not lock.is_free(conn):
             return False, "another backup of this instance is running now"
@@ -201,7 +237,7 @@ class _Dump:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr)
 
-    def wait(self, say: Progress) -> None:
+    def wait(self, say: ProgressFn) -> None:
         last = time.monotonic()
         while True:
             try:
@@ -287,8 +323,7 @@ def _copy_config(instance: Instance, partial: Path) -> list[str]:
 def _revisions(cur) -> dict[str, str | None]:
     found = {}
     for key, table in (("dagster", "public.alembic_version"), ("dagpg", "dagpg.alembic_version")):
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-        if cur.fetchone()[0]:
+        if has_table(cur, table):
             cur.execute(f"SELECT max(version_num) FROM {table}")  # noqa: S608 (fixed names)
             found[key] = cur.fetchone()[0]
         else:

@@ -80,10 +80,12 @@ def archive_logs(source: Path, target: Path, *, exclude: Path | None = None) -> 
 
 
 def check_archive(path: Path) -> int:
-    """Read the whole archive (gzip's CRC checks every byte); the number of members."""
+    """Read the whole archive (gzip's CRC checks every byte); the number of members.
+    ValueError when an entry could write outside the compute logs folder (see _check_entry)."""
     with tarfile.open(path, mode="r:gz") as tar:
         count = 0
         for member in tar:
+            _check_entry(path, member)
             if member.isfile():
                 extracted = tar.extractfile(member)
                 while extracted is not None and extracted.read(1 << 20):
@@ -93,17 +95,16 @@ def check_archive(path: Path) -> int:
 
 
 def extract_logs(archive: Path, target: Path) -> None:
-    """Unpack an archive made by archive_logs into the new folder `target` (safely: no
-    absolute paths, no `..`, no links out of the folder)."""
+    """Unpack an archive made by archive_logs into the new folder `target` (safely: see
+    _check_entry)."""
     target.mkdir(parents=True)
     with tarfile.open(archive, mode="r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(LOGS_ARCNAME + "/")]
+        members = tar.getmembers()
+        for member in members:
+            _check_entry(archive, member)
+        members = [m for m in members if m.name != LOGS_ARCNAME]
         for member in members:
             member.name = member.name[len(LOGS_ARCNAME) + 1:]
-            parts = Path(member.name).parts
-            if member.issym() or member.islnk() or Path(member.name).is_absolute() \
-                    or ".." in parts:
-                raise ValueError(f"{archive.name} holds an unsafe entry {member.name!r}")
         if hasattr(tarfile, "data_filter"):  # Python 3.11.4+
             tar.extractall(target, members=members, filter="data")
         else:
@@ -123,6 +124,15 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
     if doomed.exists():
         shutil.rmtree(doomed)
+
+
+def _check_entry(archive: Path, member: tarfile.TarInfo) -> None:
+    """archive_logs writes only files and folders under compute_logs/: anything else (a link,
+    a device, an absolute path, `..`) could write outside the folder it is unpacked into."""
+    parts = member.name.replace("\\", "/").split("/")
+    inside = parts[0] == LOGS_ARCNAME and all(p not in ("", ".", "..") for p in parts[1:])
+    if not (member.isfile() or member.isdir()) or not inside:
+        raise ValueError(f"{archive.name} holds an unsafe entry {member.name!r}")
 
 
 def _arcname(source: Path, path: Path) -> str:

@@ -57,17 +57,18 @@ class BackupList:
 
 
 def list_backups(
-    instance: Instance | None,
+    instance: Instance,
     settings: KitSettings,
     *,
     directory: str | os.PathLike | None = None,
 ) -> BackupList:
     """Backups in the folder, oldest first, plus failed attempts the catalog remembers.
-    Works without the database (then without verification results)."""
+    Works without the database (no password set, server down): then without verification
+    results, and `catalog_note` says why. Resolve `instance` with `require_password=False`."""
     directory = backup_directory(settings, directory)
     result = BackupList(directory=directory)
     rows: dict[str, catalog.BackupInfo] = {}
-    if instance is None:
+    if instance.target.password_missing:
         result.catalog_note = ("the database was not consulted (no password set): "
                                "verification results are not shown")
     else:

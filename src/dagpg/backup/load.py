@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from dagpg.backup import manifest as mf
@@ -21,6 +20,7 @@ from dagpg.backup import tools
 from dagpg.backup.errors import ToolFailedError
 from dagpg.instance import PgTarget
 from dagpg.pgbin import Program
+from dagpg.progress import ProgressFn, reporter
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ def load_dump(
     pg_restore: Program,
     psql: Program,
     database: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> None:
     """Replace the contents of `database` (default: the target's) with `dump`, atomically."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     schemas = archive_schemas(pg_restore, target, dump)
     restore_argv = [str(pg_restore.path), "--no-owner", "--no-acl", "--file=-", str(dump)]
     psql_argv = [str(psql.path), "--no-psqlrc", "--quiet", "--no-password",
@@ -82,7 +82,7 @@ def load_dump(
         raise _psql_failure(out, loader.returncode, target, database)
 
 
-def _relay(source, sink, say: Callable[[str], None]) -> None:
+def _relay(source, sink, say: ProgressFn) -> None:
     """Copy pg_restore's output into psql's input: with splice(2) where there is one (pipe to
     pipe in the kernel, a third of the CPU of read/write), else through a buffer."""
     relayed, report_at = 0, _REPORT_EVERY

@@ -1,7 +1,8 @@
 """`dagpg restore`: put an instance back as a backup recorded it.
 
 Order matters, so that a failure at any step leaves something recoverable:
-1. check the backup's checksums (a corrupt backup is refused before anything changes);
+1. check the backup's checksums and its compute logs archive (a corrupt backup, or one whose
+   archive would write outside the logs folder, is refused before anything changes);
 2. refuse while the daemon heart-beats (unless forced);
 3. take a safety backup of what is there now (when there is anything to save);
 4. load the dump in one transaction that also checks every table's row count (all or nothing);
@@ -15,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tarfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,14 @@ from dagpg.backup.errors import (
     RestoreRefusedError,
 )
 from dagpg.backup.folders import Folder, backup_directory, locate, scan
+from dagpg.dbtables import has_table
 from dagpg.heartbeats import read_heartbeats
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
 from dagpg.settings import KitSettings
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 # Tables whose rows are history worth a safety backup (the rest is created by `db upgrade`).
 _HISTORY_TABLES = ("runs", "event_logs", "jobs", "instigators", "job_ticks", "asset_keys",
@@ -75,10 +77,10 @@ def restore_backup(
     *,
     directory: str | os.PathLike | None = None,
     force: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> RestoreReport:
     """Restore backup `name` (in the backups folder, or a folder's path) over `instance`."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     started = time.monotonic()
     directory = backup_directory(settings, directory)
     folder = locate(name, directory)
@@ -87,6 +89,7 @@ def restore_backup(
     problems = mf.check_files(folder.path, manifest)
     if problems:
         raise BackupCorruptError(folder.name, problems[0])
+    _check_logs_archive(folder)
     notes = _version_notes(manifest)
 
     with pg.connection(instance.target) as conn:
@@ -102,8 +105,8 @@ def restore_backup(
     if has_data:
         say("taking a safety backup of the instance as it is now")
         try:
-            safety = create_backup(instance, directory, kind="pre-restore",
-                                   suffix="pre-restore", progress=say).name
+            safety = create_backup(instance, settings, directory=directory,
+                                   kind="pre-restore", suffix="pre-restore", progress=say).name
         except BackupError as exc:
             raise RestoreFailedError(
                 f"the safety backup failed, so nothing was restored: {exc}") from None
@@ -155,8 +158,7 @@ def _refuse_while_running(conn, settings: KitSettings, force: bool) -> None:
 def _has_data(conn) -> bool:
     with conn.cursor() as cur:
         for table in _HISTORY_TABLES:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
-            if not cur.fetchone()[0]:
+            if not has_table(cur, f"public.{table}"):
                 continue
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
                 sql.Identifier("public", table)))
@@ -167,6 +169,20 @@ def _has_data(conn) -> bool:
 
 def _has_files(path: Path) -> bool:
     return path.is_dir() and any(p.is_file() for p in path.rglob("*"))
+
+
+def _check_logs_archive(folder: Folder) -> None:
+    """Before anything changes: the compute logs archive reads, and holds only what
+    archive_logs writes (its checksum proves only that it matches the manifest)."""
+    archive = folder.path / mf.LOGS_FILE
+    if not archive.is_file():
+        return
+    try:
+        files.check_archive(archive)
+    except ValueError as exc:  # an entry that would land outside the compute logs folder
+        raise BackupCorruptError(folder.name, str(exc)) from None
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise BackupCorruptError(folder.name, f"{mf.LOGS_FILE} cannot be read: {exc}") from None
 
 
 def _swap_logs(folder: Folder, logs: Path, safety: str | None) -> int:

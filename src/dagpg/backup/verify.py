@@ -5,9 +5,10 @@ restore into a scratch database with every table's row count compared to the man
 from __future__ import annotations
 
 import logging
+import os
+import tarfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ from dagpg import pg
 from dagpg.backup import catalog, files, tools
 from dagpg.backup import manifest as mf
 from dagpg.backup.errors import BackupCorruptError, BackupError
-from dagpg.backup.folders import Folder, locate
+from dagpg.backup.folders import Folder, backup_directory, locate
 from dagpg.errors import DatabaseError
 from dagpg.instance import Instance
+from dagpg.progress import ProgressFn, reporter
+from dagpg.settings import KitSettings
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -52,17 +54,18 @@ class VerifyReport:
 
 def verify_backup(
     instance: Instance,
+    settings: KitSettings,
     name: str,
-    directory: Path,
     *,
+    directory: str | os.PathLike | None = None,
     restore_test: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> VerifyReport:
-    """Verify backup `name` (in `directory`, or a folder's path). Raises BackupCorruptError
-    when a check fails, after recording the result in the catalog."""
-    say = progress or (lambda _msg: None)
+    """Verify backup `name` (in the backups folder, or a folder's path). Raises
+    BackupCorruptError when a check fails, after recording the result in the catalog."""
+    say = reporter(progress)
     started = time.monotonic()
-    folder = locate(name, directory)
+    folder = locate(name, backup_directory(settings, directory))
     report = VerifyReport(folder.name, folder.path)
     say("checking SHA-256 checksums")
     report.problems += mf.check_files(folder.path, folder.manifest)
@@ -94,7 +97,9 @@ def _check_readable(instance: Instance, folder: Folder, report: VerifyReport, sa
         try:
             members = files.check_archive(folder.path / mf.LOGS_FILE)
             report.checks.append(f"compute logs archive ({members} entries)")
-        except (OSError, EOFError, ValueError) as exc:
+        except ValueError as exc:  # an entry that would land outside the logs folder
+            report.problems.append(str(exc))
+        except (OSError, EOFError, tarfile.TarError) as exc:
             report.problems.append(f"{mf.LOGS_FILE} cannot be read: {exc}")
 
 

@@ -31,8 +31,7 @@ dir_option = click.option(
 @click.option("--dest", metavar="DIR", default=None,
               help="Folder to write the backup into. Default: dagpg.backup.directory in "
                    "config/config.yml.")
-@click.option("--if-older-than", "if_older_than", metavar="HOURS", type=click.FloatRange(min=0),
-              default=None,
+@click.option("--if-older-than", "if_older_than", metavar="HOURS", type=float, default=None,
               help="Only when the newest backup is older than HOURS (and none is running); "
                    "otherwise do nothing and exit 0.")
 @json_option
@@ -54,18 +53,18 @@ def backup(dagster_home, dest, if_older_than, as_json, silent) -> None:
       dagpg backup --if-older-than 20 && dagpg backups prune
     """
     inst = resolve_instance(dagster_home)
-    directory = api.backup_directory(load_settings(dagster_home=inst.home), dest)
-    if if_older_than is not None:
-        due, why = api.backup_due(inst, if_older_than)
-        if not due:
-            if as_json:
-                emit_json({"skipped": True, "reason": why})
-            else:
-                click.echo(f"skipped: {why}")
-            return
-    result = api.create_backup(inst, directory, progress=progress_printer(silent, as_json))
+    settings = load_settings(dagster_home=inst.home)
+    progress = progress_printer(silent, as_json)
+    if if_older_than is None:
+        result = api.create_backup(inst, settings, directory=dest, progress=progress)
+    else:
+        result = api.backup_if_due(inst, settings, older_than_h=if_older_than, directory=dest,
+                                   progress=progress)
     if as_json:
         emit_json(result.as_dict())
+        return
+    if isinstance(result, api.BackupSkipped):
+        click.echo(f"skipped: {result.reason}")
         return
     counts = result.row_counts
     emit_table([
@@ -145,8 +144,7 @@ def list_(dagster_home, directory, as_json) -> None:
     """
     inst = resolve_instance(dagster_home, require_password=False)
     settings = load_settings(dagster_home=inst.home)
-    reachable = inst.target.password is not None or inst.target.password_source == "none"
-    result = api.list_backups(inst if reachable else None, settings, directory=directory)
+    result = api.list_backups(inst, settings, directory=directory)
     if as_json:
         emit_json(result.as_dict())
         return
@@ -184,7 +182,7 @@ def verify(name, dagster_home, directory, restore_test, as_json, silent) -> None
     """
     inst = resolve_instance(dagster_home)
     settings = load_settings(dagster_home=inst.home)
-    report = api.verify_backup(inst, name, api.backup_directory(settings, directory),
+    report = api.verify_backup(inst, settings, name, directory=directory,
                                restore_test=restore_test,
                                progress=progress_printer(silent, as_json))
     if as_json:

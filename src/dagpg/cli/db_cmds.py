@@ -13,6 +13,7 @@ from dagpg.cli.options import (
     progress_printer,
     silent_option,
 )
+from dagpg.errors import EXIT_NOT_RUNNING
 from dagpg.instance import resolve_instance
 
 data_dir_option = click.option(
@@ -83,7 +84,7 @@ def status(dagster_home, data_dir, as_json) -> None:
     result = localdb.cluster_for(inst, data_dir).status()
     _render_status(result, inst.target.url(), as_json)
     if not result.running:
-        raise SystemExit(3)
+        raise SystemExit(EXIT_NOT_RUNNING)
 
 
 @db.command("url")

@@ -9,8 +9,9 @@ import click
 
 from dagpg.cli.options import dagster_home_option, emit_json, json_option, silent_option, yes_option
 from dagpg.instance import resolve_instance
-from dagpg.migrate import DEFAULT_BATCH_ROWS, MigrationReport, Progress, migrate
+from dagpg.migrate import DEFAULT_BATCH_ROWS, MigrationReport, migrate
 from dagpg.migrate.errors import VerificationError
+from dagpg.progress import Progress
 
 _LINE_PHASES = {"tables", "events"}  # one line per committed unit when stderr is not a terminal
 
@@ -130,7 +131,10 @@ class _Bars:
         self.done = 0
         self.last_line = 0.0
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: str) -> None:
+        if not isinstance(p, Progress):  # a plain message, not a count
+            click.echo(f"… {p}", err=True)
+            return
         if p.phase != self.phase:
             self.close()
             self.phase, self.done = p.phase, 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import click
+
+from dagpg.progress import ProgressFn
 
 dagster_home_option = click.option(
     "--dagster-home",
@@ -22,7 +24,7 @@ silent_option = click.option("--silent", is_flag=True, help="No progress output.
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
-def progress_printer(silent: bool, as_json: bool) -> Callable[[str], None] | None:
+def progress_printer(silent: bool, as_json: bool) -> ProgressFn | None:
     """A progress callback writing to stderr, or None when asked to be quiet."""
     if silent or as_json:
         return None

@@ -22,7 +22,6 @@ _EXPORTS = {
     "DEFAULT_BATCH_ROWS": "dagpg.migrate.run",
     "HEARTBEAT_MAX_AGE_S": "dagpg.migrate.run",
     "MigrationReport": "dagpg.migrate.report",
-    "Progress": "dagpg.migrate.report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -5,24 +5,10 @@ Library code fills these in; the CLI renders them (text or --json).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_EXAMPLES = 3
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of a phase: `done` of `total` `unit` (total 0 when unknown)."""
-
-    phase: str
-    done: int
-    total: int
-    unit: str
-
-
-ProgressFn = Callable[[Progress], None]
 
 
 @dataclass

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagpg.dbtables import has_table
 from dagpg.migrate.errors import SourceTooNewError
 from dagpg.migrate.source import SourceFiles, SourceLayout, sqlite_error
 
@@ -53,12 +54,9 @@ def known_revisions() -> set[str]:
 
 
 def file_revision(conn: sqlite3.Connection) -> str | None:
-    try:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
+    if not has_table(conn, "alembic_version"):
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     return row[0] if row else None
 
 

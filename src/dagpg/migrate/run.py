@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from dagpg import pg, schema
+from dagpg.dbtables import has_table
 from dagpg.heartbeats import newest, read_heartbeats
 from dagpg.instance import Instance
 from dagpg.migrate import revisions as revs
@@ -37,7 +38,7 @@ from dagpg.migrate.errors import (
 )
 from dagpg.migrate.idmap import EventPlan, check_missing_shards
 from dagpg.migrate.pump import EventJob
-from dagpg.migrate.report import MigrationReport, Progress, ProgressFn, TableCount
+from dagpg.migrate.report import MigrationReport, TableCount
 from dagpg.migrate.source import (
     SourceFiles,
     SourceLayout,
@@ -47,6 +48,7 @@ from dagpg.migrate.source import (
 )
 from dagpg.migrate.tables import INDEX, RUNS, SCHEDULES, SKIPPED, TABLES, Transforms, sensor_types
 from dagpg.migrate.verify import Verifier
+from dagpg.progress import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +232,8 @@ def _source_counts(files: SourceFiles) -> dict[str, int]:
         if conn is None:
             continue
         try:
-            present = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
             for spec in TABLES:
-                if spec.file == file and spec.name in present:
+                if spec.file == file and has_table(conn, spec.name):
                     counts[spec.name] = conn.execute(
                         f'SELECT count(*) FROM "{spec.name}"').fetchone()[0]  # noqa: S608
         except sqlite3.DatabaseError as exc:
@@ -248,8 +248,7 @@ def _history_counts(conn) -> dict[str, int]:
     out = {}
     with conn.cursor() as cur:
         for name in [*(t.name for t in TABLES if t.name != "instance_info"), "event_logs"]:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{name}",))
-            if cur.fetchone()[0]:
+            if has_table(cur, f"public.{name}"):
                 cur.execute(f'SELECT count(*) FROM (SELECT 1 FROM "{name}" LIMIT 1) t')  # noqa: S608
                 out[name] = cur.fetchone()[0]
     conn.rollback()

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import psycopg2.extensions
 
+from dagpg.dbtables import has_table
 from dagpg.schema import KIT_SCHEMA
 
 _LOCK = 7_160_004  # pg_advisory_lock key: one migrate-from-sqlite per database
@@ -35,9 +36,7 @@ class MigrationRow:
 
 
 def kit_tables_exist(conn) -> bool:
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{KIT_SCHEMA}.migration_runs",))
-        return cur.fetchone()[0]
+    return has_table(conn, f"{KIT_SCHEMA}.migration_runs")
 
 
 def latest(conn) -> MigrationRow | None:

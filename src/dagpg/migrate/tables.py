@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dagpg.dbtables import has_table
 from dagpg.migrate import cursors
 from dagpg.migrate.idmap import EventPlan
 from dagpg.migrate.report import Warnings
@@ -169,13 +170,12 @@ def sensor_types(schedules_conn) -> dict[str, str]:
     found: dict[str, str] = {}
     if schedules_conn is None:
         return found
-    queries = ("SELECT job_origin_id, selector_id, job_body FROM jobs",
-               "SELECT NULL, selector_id, instigator_body FROM instigators")
-    for query in queries:
-        try:
-            rows = schedules_conn.execute(query).fetchall()
-        except Exception:  # noqa: BLE001  (table absent in an old source)
+    queries = (("jobs", "SELECT job_origin_id, selector_id, job_body FROM jobs"),
+               ("instigators", "SELECT NULL, selector_id, instigator_body FROM instigators"))
+    for table, query in queries:
+        if not has_table(schedules_conn, table):  # absent in an old source
             continue
+        rows = schedules_conn.execute(query).fetchall()
         for origin_id, selector_id, body in rows:
             try:
                 kind = cursors.sensor_type_of(body)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dagpg.dbtables import has_table
 from dagpg.migrate import cursors
 from dagpg.migrate.events import Dropped
 from dagpg.migrate.pump import EventJob
@@ -197,13 +198,10 @@ class Verifier:
     def checks(self, index_conn) -> None:
         from dagster import AssetCheckKey, AssetKey
 
-        if index_conn is None:
+        if index_conn is None or not has_table(index_conn, "asset_check_executions"):
             return
-        try:
-            keys = index_conn.execute("SELECT DISTINCT asset_key, check_name FROM "
-                                      "asset_check_executions ORDER BY 1, 2").fetchall()
-        except sqlite3.OperationalError:
-            return
+        keys = index_conn.execute("SELECT DISTINCT asset_key, check_name FROM "
+                                  "asset_check_executions ORDER BY 1, 2").fetchall()
         for asset_key, check_name in keys:
             if asset_key in self.dropped.asset_keys:
                 continue
@@ -229,13 +227,10 @@ class Verifier:
             self.tick("checks")
 
     def dynamic_partitions(self, index_conn) -> None:
-        if index_conn is None:
+        if index_conn is None or not has_table(index_conn, "dynamic_partitions"):
             return
-        try:
-            names = [r[0] for r in index_conn.execute(
-                "SELECT DISTINCT partitions_def_name FROM dynamic_partitions ORDER BY 1")]
-        except sqlite3.OperationalError:
-            return
+        names = [r[0] for r in index_conn.execute(
+            "SELECT DISTINCT partitions_def_name FROM dynamic_partitions ORDER BY 1")]
         for name in names:
             self.result.count("dynamic partition sets")
             if list(self.source.get_dynamic_partitions(name)) != \
@@ -329,10 +324,9 @@ class Verifier:
     def instance_id(self, runs_conn) -> None:
         """The UI's instanceId (instance_info). Dagster creates one on first read, so it is
         only asked of the source when the source has one."""
-        try:
-            has_one = runs_conn.execute("SELECT count(*) FROM instance_info").fetchone()[0]
-        except sqlite3.OperationalError:
+        if not has_table(runs_conn, "instance_info"):
             return
+        has_one = runs_conn.execute("SELECT count(*) FROM instance_info").fetchone()[0]
         if has_one:
             self.result.count("instance id")
             if self.source.run_storage.get_run_storage_id() != \
@@ -340,10 +334,9 @@ class Verifier:
                 self.result.differ("instance id", "instance_info", "run_storage_id differs")
 
     def kvs(self, runs_conn) -> None:
-        try:
-            keys = {r[0] for r in runs_conn.execute("SELECT key FROM kvs")}
-        except sqlite3.OperationalError:
+        if not has_table(runs_conn, "kvs"):
             return
+        keys = {r[0] for r in runs_conn.execute("SELECT key FROM kvs")}
         if not keys:
             return
         got_s = self.source.run_storage.get_cursor_values(keys)

@@ -12,10 +12,10 @@ Everything is rendered in memory first, so a setting that cannot be rendered wri
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagpg.progress import ProgressFn
 from dagpg.render import iis, iis_script, nginx, servy, task
 from dagpg.render.errors import RenderError
 from dagpg.render.layout import Layout, layout_from
@@ -55,7 +55,7 @@ def render_files(layout: Layout, what: str = "all", *, listen: str = "80",
 
 def render(settings: KitSettings, out_dir: str | os.PathLike, what: str = "all", *,
            listen: str = "80", server_name: str = "_",
-           progress: Callable[[str], None] | None = None) -> list[Rendered]:
+           progress: ProgressFn | None = None) -> list[Rendered]:
     """Render `what` into out_dir (created if needed); files are replaced atomically."""
     files = render_files(layout_from(settings), what, listen=listen, server_name=server_name)
     out = Path(out_dir)

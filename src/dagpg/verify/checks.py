@@ -358,7 +358,6 @@ def schedules(web: WebObservation, wanted: Sequence[str]) -> CheckResult:
 
 @dataclass(frozen=True)
 class BackupObservation:
-    available: bool
     backup: Any = None  # dagpg.backup.catalog.BackupInfo
     error: str | None = None
 
@@ -368,9 +367,6 @@ def backup(obs: BackupObservation | None, max_age_h: float,
     name, title = "operations.backup", "Newest backup"
     if obs is None:
         return CheckResult(name, title, SKIP, "needs the database: see database")
-    if not obs.available:
-        return CheckResult(name, title, SKIP,
-                           "not available: this dagpg has no backup catalog (dagpg.backup)")
     if obs.error:
         return CheckResult(name, title, FAIL, obs.error)
     if obs.backup is None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dagpg import heartbeats, pg, schema
+from dagpg.dbtables import has_table
 from dagpg.errors import DagpgError
 from dagpg.instance import Instance
 from dagpg.verify.services import overlay_environ
@@ -79,8 +80,7 @@ def reread(instance: Instance, obs: DbObservation, *, timeout: float
 
 def _one(cur, table: str, column: str) -> str | None:
     """The first value of `column` in `table` (fixed names, not input), None if absent."""
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    if not cur.fetchone()[0]:
+    if not has_table(cur, table):
         return None
     cur.execute(f"SELECT {column} FROM {table} LIMIT 1")  # noqa: S608
     row = cur.fetchone()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from dagpg.errors import ConfigurationError
 from dagpg.settings import KitSettings
 from dagpg.verify import arcpy_license
 from dagpg.verify.checks import FAIL
@@ -33,6 +34,9 @@ def verify_full(
     """`verify()`; while the daemon's heartbeats fail, check again every `poll_s` for up to
     `wait_s` more seconds (nothing else is waited for: a wrong password fails at once); where
     the services' Python has arcpy, whether it imports with a license."""
+    if not wait_s >= 0:  # also refuses NaN
+        raise ConfigurationError(f"wait_s (--wait) must be 0 or more, not {wait_s:g}; give a "
+                                 "number of seconds")
     started = time.monotonic()
     daemon = service_homes(settings, servy_configs, dagster_home)[DAEMON]
     kwargs = dict(options, dagster_home=dagster_home, servy_configs=servy_configs)

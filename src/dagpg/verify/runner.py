@@ -3,7 +3,6 @@ judge it. Network calls are bounded by `timeout_s`; nothing here prints or exits
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
@@ -11,7 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as installed_version
 
-from dagpg.errors import DagpgError
+from dagpg.errors import ConfigurationError, DagpgError
 from dagpg.instance import Instance
 from dagpg.settings import KitSettings
 from dagpg.verify import access, checks, database, webserver
@@ -53,6 +52,8 @@ def verify(
     Raises ConfigurationError (bad URL, unreadable Servy config, no DAGSTER_HOME, no password);
     every other problem is a failed check in the report.
     """
+    _check_limits(heartbeat_max_age_s=heartbeat_max_age_s, backup_max_age_h=backup_max_age_h,
+                  timeout_s=timeout_s)
     started = time.monotonic()
     cfg = settings.verify
     max_age_s = heartbeat_max_age_s if heartbeat_max_age_s is not None else cfg.heartbeat_max_age_s
@@ -119,6 +120,22 @@ def verify(
     )
 
 
+_LIMITS = {"heartbeat_max_age_s": ("--max-heartbeat-age", "seconds"),
+           "backup_max_age_h": ("--max-backup-age", "hours"),
+           "timeout_s": (None, "seconds")}
+
+
+def _check_limits(**given: float | None) -> None:
+    """A limit of 0 or less would fail every check: refuse it (config.yml's own limits are
+    checked when it is read)."""
+    for name, value in given.items():
+        if value is not None and not value > 0:  # also refuses NaN
+            option, unit = _LIMITS[name]
+            raise ConfigurationError(
+                f"{name}{f' ({option})' if option else ''} must be greater than 0, not "
+                f"{value:g}; give a number of {unit}")
+
+
 def _primary(daemon: ServiceHome, resolved: Instance | DagpgError) -> Instance | None:
     """The instance whose database is checked: the daemon's, with the password it would use.
 
@@ -150,19 +167,16 @@ def _required_daemons(instance: Instance, db: database.DbObservation,
 
 
 def _observe_backup(instance: Instance) -> checks.BackupObservation:
-    if importlib.util.find_spec("dagpg.backup") is None or \
-            importlib.util.find_spec("dagpg.backup.catalog") is None:
-        return checks.BackupObservation(available=False)
     from dagpg.backup.catalog import latest_backup
 
     try:
-        return checks.BackupObservation(True, backup=latest_backup(instance))
+        return checks.BackupObservation(backup=latest_backup(instance))
     except DagpgError as exc:
-        return checks.BackupObservation(True, error=str(exc))
+        return checks.BackupObservation(error=str(exc))
     except Exception as exc:  # noqa: BLE001  (the catalog's own failure: a check, not a crash)
         log.debug("reading the backup catalog failed", exc_info=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return checks.BackupObservation(True, error=f"reading the backup catalog failed: {first}")
+        return checks.BackupObservation(error=f"reading the backup catalog failed: {first}")
 
 
 def _reread_if_needed(instance: Instance, db: database.DbObservation,
