@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import subprocess
 import sys
@@ -35,6 +36,19 @@ def test_readme_cli_reference_matches_help():
     assert reference["updated"](readme) == readme, (
         "README's CLI reference is stale: run `.venv/bin/python scripts/update_cli_reference.py`"
     )
+
+
+@pytest.mark.parametrize("path", [(), ("db", "up"), ("backups", "list")], ids=" ".join)
+def test_readme_shows_what_the_installed_program_prints(path):
+    """The real `dagpg` console script, run as a user runs it: its help is the README's block,
+    `Usage: dagpg ...` included."""
+    program = Path(sys.executable).parent / "dagpg"
+    shown = subprocess.run([str(program), *path, "--help"], capture_output=True, text=True,
+                           env={**os.environ, **reference["USER_ENV"]}, check=True).stdout
+    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    assert shown.startswith(f"Usage: {' '.join(('dagpg', *path))} ")
+    assert reference["block"](readme, path) == shown
+    assert "Usage: cli" not in readme
 
 
 def test_unknown_command_is_a_usage_error():
