@@ -57,6 +57,16 @@ def test_unknown_command_is_a_usage_error():
     assert "No such command 'frobnicate'" in result.output
 
 
+@pytest.mark.parametrize("args", [["list"], ["verify", "latest"], ["prune", "--dry-run"]],
+                         ids=" ".join)
+def test_backup_with_a_backups_command_suggests_backups(args):
+    result = CliRunner().invoke(cli, ["backup", *args], prog_name="dagpg")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: No such command '{args[0]}' for `dagpg backup`. Did you mean "
+        f"`dagpg backups {' '.join(args)}`?")
+
+
 def test_version():
     assert CliRunner().invoke(cli, ["--version"]).output.startswith("dagpg, version ")
 
