@@ -32,6 +32,7 @@ from arcpy_orchestration.gis.base import (
     Selection,
 )
 from arcpy_orchestration.summary import GroupStats, Stats, district_label
+from arcpy_orchestration.wording import count as counted
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ class ArcpyBackend:
         if repaired:
             # Esri's repair keeps both halves of a bow-tie as one multipart polygon.
             arcpy.management.RepairGeometry(dst, "KEEP_NULL", "OGC")
-            log.warning("%s: repaired %d invalid geometries (RepairGeometry, OGC)", src,
-                        repaired)
+            log.warning("%s: repaired %s (RepairGeometry, OGC)", src,
+                        counted(repaired, "invalid geometry"))
         return ProjectedLayer(dst, _count(dst), repaired, empty)
 
     def select_near(self, parks: str, parcels: str, dst: str, distance_m: float,
@@ -131,7 +132,6 @@ class ArcpyBackend:
         arcpy.analysis.Near(dst, parks, None, "NO_LOCATION", "NO_ANGLE", "PLANAR",
                             [["NEAR_DIST", DIST_FIELD]], "Meters")
         parcels_count = _count(dst)
-        log.info("%d of %d parcels within %s m of a park", near, parcels_count, distance_m)
         return Selection(dst, parcels_count, near, distance_m / crs.metres_per_unit)
 
     def group_statistics(self, parcels_near: str, value_field: str,
