@@ -53,6 +53,8 @@ class Settings:
     district_field: str = "district"
     detail_row_cap: int = 100_000
     backend: str = "auto"
+    paper: str = "letter"  # the workbook's page size: letter or a4
+    value_format: str = workbook.DEFAULT_VALUE_FORMAT  # Excel number format of value columns
 
     @classmethod
     def from_config(cls, config) -> Settings:
@@ -69,6 +71,8 @@ class Settings:
             district_field=pa.district_field,
             detail_row_cap=pa.detail_row_cap,
             backend=config.gis.backend,
+            paper=pa.workbook.paper,
+            value_format=pa.workbook.value_format,
         )
 
 
@@ -174,13 +178,15 @@ def summary_excel(settings: Settings, summary_json: str, parcels_near: str,
     parcels = summary.overall.all.parcels
     if parcels <= settings.detail_row_cap:
         detail = be.detail(parcels_near, fields)
-        sheets = workbook.write_workbook(out, summary, detail=detail)
+        sheets = workbook.write_workbook(out, summary, detail=detail, paper=settings.paper,
+                                         value_format=settings.value_format)
         log.info("workbook written to %s with %s", out, counted(parcels, "parcel row"))
         return WorkbookResult(str(out), parcels, True, None, sheets)
     csv_path = datasets.detail_csv_path(out)
     be.write_detail_csv(parcels_near, fields, str(csv_path))
     sheets = workbook.write_workbook(out, summary, detail=None, detail_path=csv_path,
-                                     detail_row_cap=settings.detail_row_cap)
+                                     detail_row_cap=settings.detail_row_cap,
+                                     paper=settings.paper, value_format=settings.value_format)
     log.info("workbook written to %s; %s (over the cap of %s) written to %s",
              out, counted(parcels, "parcel row"), f"{settings.detail_row_cap:,}", csv_path)
     return WorkbookResult(str(out), parcels, False, str(csv_path), sheets)
