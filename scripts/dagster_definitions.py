@@ -2,8 +2,9 @@
 
 The park-access assets (guide §4): project_inputs (two outputs) -> parcels_near_parks ->
 parcel_summary -> summary_excel, in group `park_access`, materialized by `park_access_job` and
-daily by `park_access_daily`. The work is done by `arcpy_orchestration.park_access`; the assets
-pass dataset paths (strings) along, log milestones and attach metadata.
+daily by `park_access_daily`. The work is done by `arcpy_orchestration.park_access`, whose module
+loggers log each step's milestones into the run (python_logs in dagster.yaml); the assets pass
+dataset paths (strings) along through `PathIOManager` and attach metadata.
 
 The instance's own nightly backup (`instance_backup`, group `instance_ops`) calls dagpg's library,
 the same code as `dagpg backup` and `dagpg backups prune`, so backups show in the UI.
@@ -40,27 +41,50 @@ KIT_SETTINGS = load_settings()  # the `dagpg:` section: backup directory, retent
 
 PARK_ACCESS_GROUP = "park_access"
 INSTANCE_OPS_GROUP = "instance_ops"
+PATH_IO_MANAGER = "path_io_manager"
+
+
+class PathIOManager(dg.ConfigurableIOManager):
+    """Hands an asset's output, the path of the dataset or file it wrote, to the next asset, and
+    stores nothing itself: the data already is where the path says (park_access.workspace, the
+    workbook). The path becomes the materialization's `path`, which the UI shows as the asset's
+    location; a later run that materializes only a downstream asset reads it back from there.
+    (Dagster's default IO manager pickles the string to <DAGSTER_HOME>/storage/<asset> and shows
+    that pickle's path instead.)"""
+
+    def handle_output(self, context: dg.OutputContext, obj: str) -> None:
+        context.add_output_metadata({"path": dg.MetadataValue.path(obj)})
+
+    def load_input(self, context: dg.InputContext) -> str:
+        key = context.asset_key
+        event = context.instance.get_latest_materialization_event(key)
+        path = event.asset_materialization.metadata.get("path") if event else None
+        if path is None:
+            raise dg.Failure(f"{key.to_user_string()} has never been materialized, so there is "
+                             "no path to read; materialize it (or all of park_access_job) first")
+        return str(path.value)
+
+
+def percent(share: float) -> dg.MetadataValue:
+    return dg.MetadataValue.text(f"{share:.1%}")
 
 
 @dg.multi_asset(
     outs={
         "parks_projected": dg.AssetOut(
-            dagster_type=str, description="Parks in the working CRS, invalid ones repaired."),
+            dagster_type=str, io_manager_key=PATH_IO_MANAGER,
+            description="Parks in the working CRS, invalid ones repaired."),
         "parcels_projected": dg.AssetOut(
-            dagster_type=str, description="Parcels in the working CRS, invalid ones repaired."),
+            dagster_type=str, io_manager_key=PATH_IO_MANAGER,
+            description="Parcels in the working CRS, invalid ones repaired."),
     },
     group_name=PARK_ACCESS_GROUP,
 )
-def project_inputs(context: dg.AssetExecutionContext):
+def project_inputs():
     """Check both input layers and project them to the working WKID."""
     result = park_access.project_inputs(SETTINGS)
-    context.log.info("projected %d parks and %d parcels to %s (%s backend); %d invalid "
-                     "geometries repaired", result.parks.features, result.parcels.features,
-                     result.crs.name, result.backend,
-                     result.parks.repaired + result.parcels.repaired)
     for name, layer in (("parks_projected", result.parks), ("parcels_projected", result.parcels)):
         yield dg.Output(layer.path, output_name=name, metadata={
-            "path": dg.MetadataValue.path(layer.path),
             "features": layer.features,
             "repaired_geometries": layer.repaired,
             "empty_geometries": layer.empty,
@@ -68,53 +92,42 @@ def project_inputs(context: dg.AssetExecutionContext):
         })
 
 
-@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str)
-def parcels_near_parks(context: dg.AssetExecutionContext, parks_projected: str,
-                       parcels_projected: str) -> dg.Output[str]:
+@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str, io_manager_key=PATH_IO_MANAGER)
+def parcels_near_parks(parks_projected: str, parcels_projected: str) -> dg.Output[str]:
     """The parcels, flagged `near_park` within walk distance of a park, with `park_dist_m`."""
     selection = park_access.parcels_near_parks(SETTINGS, parks_projected, parcels_projected)
     share = selection.near / selection.parcels if selection.parcels else 0.0
-    context.log.info("%d of %d parcels within %g m of a park (%.1f%%)", selection.near,
-                     selection.parcels, SETTINGS.walk_distance_m, 100 * share)
     return dg.Output(selection.path, metadata={
-        "path": dg.MetadataValue.path(selection.path),
         "parcels": selection.parcels,
         "parcels_near": selection.near,
-        "share_near": dg.MetadataValue.float(share),
+        "share_near": percent(share),
         "walk_distance_m": SETTINGS.walk_distance_m,
     })
 
 
-@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str)
-def parcel_summary(context: dg.AssetExecutionContext, parcels_near_parks: str) -> dg.Output[str]:
+@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str, io_manager_key=PATH_IO_MANAGER)
+def parcel_summary(parcels_near_parks: str) -> dg.Output[str]:
     """Counts and value statistics, near vs not near, overall and per district (JSON)."""
     result = park_access.parcel_summary(SETTINGS, parcels_near_parks)
     overall = result.summary.overall
-    context.log.info("summary of %d parcels in %d districts written to %s", overall.all.parcels,
-                     len(result.summary.districts), result.path)
     return dg.Output(result.path, metadata={
-        "path": dg.MetadataValue.path(result.path),
-        "share_parcels_near": dg.MetadataValue.float(overall.share_parcels_near),
-        "share_value_near": dg.MetadataValue.float(overall.share_value_near),
+        "share_parcels_near": percent(overall.share_parcels_near),
+        "share_value_near": percent(overall.share_value_near),
         "parcels_without_value": overall.all.nulls,
         "districts": len(result.summary.districts),
         "preview": dg.MetadataValue.md(result.summary.to_markdown()),
     })
 
 
-@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str)
-def summary_excel(context: dg.AssetExecutionContext, parcel_summary: str,
-                  parcels_near_parks: str) -> dg.Output[str]:
+@dg.asset(group_name=PARK_ACCESS_GROUP, dagster_type=str, io_manager_key=PATH_IO_MANAGER)
+def summary_excel(parcel_summary: str, parcels_near_parks: str) -> dg.Output[str]:
     """The analyst's workbook at park_access.output_summary_path."""
     result = park_access.summary_excel(SETTINGS, parcel_summary, parcels_near_parks)
-    context.log.info("workbook ready: %s", result.path)
     metadata = {
-        "path": dg.MetadataValue.path(result.path),
         "sheets": ", ".join(result.sheets),
         "parcels": result.parcels,
     }
     if result.detail_path:
-        context.log.info("parcel-level table (over the row cap) written to %s", result.detail_path)
         metadata["parcel_table"] = dg.MetadataValue.path(result.detail_path)
     return dg.Output(result.path, metadata=metadata)
 
@@ -130,6 +143,10 @@ park_access_daily = dg.ScheduleDefinition(
     cron_schedule=config.park_access.schedule.cron,
     name="park_access_daily",
     execution_timezone=config.park_access.schedule.timezone,
+    # On from the start (the guide's §7 switches it on by hand): a deployed schedule that waits
+    # for a click is the guide's "scheduled runs never fire". Stopping it in the UI (or with
+    # `dagster schedule stop`) is remembered in the database and outlasts this default.
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 
 
@@ -175,4 +192,5 @@ defs = dg.Definitions(
     assets=[project_inputs, parcels_near_parks, parcel_summary, summary_excel, instance_backup],
     jobs=[park_access_job, instance_backup_job],
     schedules=[park_access_daily, instance_backup_nightly],
+    resources={PATH_IO_MANAGER: PathIOManager()},
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# From a fresh clone to a materialized park_access_job on a PostgreSQL-backed instance:
+# From a fresh clone to a materialized park_access_job on a PostgreSQL-backed instance, and its
+# first backup (the README's "Run it"; tests/test_readme_path.py runs those steps):
 #   DAGSTER_PG_PASSWORD=choose-one bash scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,6 @@ export DAGSTER_HOME="$PWD/dagster_home"
 .venv/bin/dagpg db up
 .venv/bin/dagpg db upgrade
 .venv/bin/python scripts/run_park_access.py "$@"
+# A first backup, so `dagpg verify` finds one from the start (instance_backup_nightly, on as soon
+# as the daemon runs, takes the next ones).
+.venv/bin/dagpg backup --silent

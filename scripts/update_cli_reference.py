@@ -26,13 +26,35 @@ def commands(group: click.Group = cli, path: tuple[str, ...] = ()):
             yield from commands(group.commands[name], (*path, name))
 
 
+# What `dagpg ... --help` prints in any terminal 80 columns wide or wider: click wraps help at
+# min(columns, max_content_width=80) - 2. (CliRunner would force 80 itself.) tests/test_cli.py
+# runs the real program with USER_ENV and compares.
+USER_ENV = {"COLUMNS": "80"}
+HELP_WIDTH = 80 - 2
+
+
+def help_text(path: tuple[str, ...]) -> str:
+    """`dagpg <path> --help` as the installed program prints it (named dagpg, not cli)."""
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="dagpg",
+                                terminal_width=HELP_WIDTH)
+    if result.exit_code != 0:
+        raise RuntimeError(f"dagpg {' '.join(path)} --help failed: {result.output}")
+    return result.output
+
+
 def render() -> str:
     parts = []
     for path in commands():
-        result = CliRunner().invoke(cli, [*path, "--help"], terminal_width=100)
         title = " ".join(("dagpg", *path))
-        parts.append(f"#### `{title}`\n\n```text\n{result.output.rstrip()}\n```\n")
+        parts.append(f"#### `{title}`\n\n```text\n{help_text(path).rstrip()}\n```\n")
     return "\n".join(parts)
+
+
+def block(readme: str, path: tuple[str, ...]) -> str:
+    """The help text the README shows for `dagpg <path>`."""
+    title = " ".join(("dagpg", *path))
+    _, _, rest = readme.partition(f"#### `{title}`\n\n```text\n")
+    return rest.partition("\n```\n")[0] + "\n"
 
 
 def updated(readme: str) -> str:

@@ -84,6 +84,8 @@ def test_backup_writes_a_complete_private_verified_folder(dagster_home, tmp_path
     assert listed.exit_code == 0
     (entry,) = json.loads(listed.stdout)["backups"]
     assert (entry["name"], entry["state"], entry["verified"]) == (result["name"], "ok", "ok")
+    text = run_cli("backups", "list", "--dir", str(dest)).stdout
+    assert text.splitlines()[0] == f"1 backup in {dest}"
 
 
 def test_latest_backup_is_none_without_backups_and_newest_after(dagster_home, tmp_path):

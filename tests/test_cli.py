@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import subprocess
 import sys
@@ -37,10 +38,33 @@ def test_readme_cli_reference_matches_help():
     )
 
 
+@pytest.mark.parametrize("path", [(), ("db", "up"), ("backups", "list")], ids=" ".join)
+def test_readme_shows_what_the_installed_program_prints(path):
+    """The real `dagpg` console script, run as a user runs it: its help is the README's block,
+    `Usage: dagpg ...` included."""
+    program = Path(sys.executable).parent / "dagpg"
+    shown = subprocess.run([str(program), *path, "--help"], capture_output=True, text=True,
+                           env={**os.environ, **reference["USER_ENV"]}, check=True).stdout
+    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    assert shown.startswith(f"Usage: {' '.join(('dagpg', *path))} ")
+    assert reference["block"](readme, path) == shown
+    assert "Usage: cli" not in readme
+
+
 def test_unknown_command_is_a_usage_error():
     result = CliRunner().invoke(cli, ["frobnicate"])
     assert result.exit_code == 2
     assert "No such command 'frobnicate'" in result.output
+
+
+@pytest.mark.parametrize("args", [["list"], ["verify", "latest"], ["prune", "--dry-run"]],
+                         ids=" ".join)
+def test_backup_with_a_backups_command_suggests_backups(args):
+    result = CliRunner().invoke(cli, ["backup", *args], prog_name="dagpg")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: No such command '{args[0]}' for `dagpg backup`. Did you mean "
+        f"`dagpg backups {' '.join(args)}`?")
 
 
 def test_version():

@@ -41,6 +41,8 @@ def test_committed_config_loads_in_every_environment():
     assert load_config(CONFIG, "test").park_access.output_summary_path.startswith("reports/test")
     assert load_settings(CONFIG, "prod").backup.keep_daily == 14
     assert load_settings(CONFIG, "dev").backup.keep_daily == 7
+    workbook = load_config(CONFIG, "dev").park_access.workbook
+    assert (workbook.paper, workbook.value_format) == ("letter", "$#,##0")
 
 
 def test_project_env_selects_the_overlay(monkeypatch):
@@ -77,6 +79,8 @@ def test_unknown_environment(tmp_path):
         (lambda d: d.update(spatail={}), "spatail: unknown key; remove it or check its spelling"),
         (lambda d: d["environments"]["dev"].update(park_access={"detail_row_cap": 1.5}),
          "park_access.detail_row_cap: input should be a valid integer, got 1.5"),
+        (lambda d: d["park_access"]["workbook"].update(paper="legal"),
+         "park_access.workbook.paper: input should be 'letter' or 'a4', got 'legal'"),
     ],
 )
 def test_pipeline_config_errors_name_key_and_file(tmp_path, mutate, expected):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import runpy
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def test_definitions_match_the_guide(defs):
     schedule = defs.resolve_schedule_def("park_access_daily")
     assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == (
         "0 0 * * *", "America/Los_Angeles", "park_access_job")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # see the README
     graph = defs.resolve_asset_graph()
     group = {k.to_user_string() for k in graph.get_all_asset_keys()
              if graph.get(k).group_name == "park_access"}
@@ -91,18 +93,63 @@ def test_job_materializes_into_postgres_with_the_pipelines_logs(defs, dagster_ho
     ws = openpyxl.load_workbook(settings.output_summary_path)["Summary"]
     rows = {ws.cell(r, 1).value: [ws.cell(r, c).value for c in range(2, 15)]
             for r in range(3, 3 + len(expected.areas))}
+    def shown(v):  # a mean or median of no values is a dash
+        return "–" if v is None else pytest.approx(v)
+
     for area in expected.areas:
         assert rows[area.area] == [
             area.all.parcels, area.near.parcels, area.not_near.parcels,
             pytest.approx(area.share_parcels_near), area.all.total, area.near.total,
             area.not_near.total, pytest.approx(area.share_value_near),
-            pytest.approx(area.near.mean), pytest.approx(area.not_near.mean),
-            area.near.median, area.not_near.median, area.all.nulls]
+            shown(area.near.mean), shown(area.not_near.mean),
+            shown(area.near.median), shown(area.not_near.median), area.all.nulls]
     overall = expected.overall
     assert 0 < overall.near.parcels < 500 and overall.all.nulls > 0
     assert len(openpyxl.load_workbook(settings.output_summary_path)["Parcels"]["A"]) == 501
 
     summary_record = instance.get_latest_materialization_event(dg.AssetKey("parcel_summary"))
     metadata = summary_record.asset_materialization.metadata
-    assert metadata["share_parcels_near"].value == pytest.approx(overall.share_parcels_near)
+    assert metadata["share_parcels_near"].value == f"{overall.share_parcels_near:.1%}"  # "34.2%"
     assert "| All parcels | 500 |" in metadata["preview"].value
+
+    # One line per fact in the run's log, counts in words that agree with them.
+    assert len([m for m in messages if "within 150 m of a park" in m]) == 1, messages
+    assert not [m for m in messages if re.search(
+        r"\b1 (invalid geometries|parcels|parks|districts|parcel rows)\b", m)], messages
+
+
+def test_the_ui_shows_where_each_output_is_and_dagster_stores_none(defs, dagster_home, project):
+    """Each asset's `path` (what the UI shows as its location) is the dataset or workbook the
+    pipeline wrote, never a pickle under DAGSTER_HOME/storage; a run of the last asset alone
+    reads its inputs' paths back from the materializations."""
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("park_access_job")
+    assert job.execute_in_process(instance=instance).success
+    settings = park_access.Settings.from_config(config_module.load_config(project, "dev"))
+    workspace = Path(settings.workspace)
+    storage = Path(instance.storage_directory()).resolve()
+    paths = {}
+    for key in KEYS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        paths[key] = Path(event.asset_materialization.metadata["path"].value)
+        assert storage not in paths[key].parents, (key, paths[key])
+        assert not (storage / key).exists(), key
+    assert paths["summary_excel"] == Path(settings.output_summary_path)
+    assert paths["parcel_summary"] == Path(datasets.summary_path(settings.workspace))
+    for key in ("parks_projected", "parcels_projected", "parcels_near_parks"):
+        assert paths[key].parent == workspace and paths[key].name.startswith(key), paths[key]
+        assert paths[key].exists()
+
+    workbook = Path(settings.output_summary_path)
+    before = workbook.stat().st_mtime_ns
+    alone = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(
+        "summary_excel")])
+    assert alone.success and alone.output_for_node("summary_excel") == str(workbook)
+    assert workbook.stat().st_mtime_ns > before
+
+    # Never materialized: the run fails with a line saying what to do.
+    fresh = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+                                   asset_selection=[dg.AssetKey("summary_excel")])
+    failure = next(e for e in fresh.all_events if e.is_step_failure)
+    assert "has never been materialized, so there is no path to read; materialize it (or all " \
+           "of park_access_job) first" in failure.step_failure_data.error.to_string()

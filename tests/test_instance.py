@@ -191,3 +191,27 @@ def test_traceback_flag_reraises(monkeypatch):
     result = run("--traceback", "instance", "show")
     assert result.exit_code == 1
     assert type(result.exception).__name__ == "InstanceError"
+
+
+@pytest.mark.parametrize("command", [["instance", "show"], ["verify"], ["db", "up"],
+                                     ["db", "upgrade"], ["backup"], ["restore", "latest"]],
+                         ids=" ".join)
+def test_an_empty_password_variable_is_an_error_that_says_so(command, tmp_path, monkeypatch):
+    """`DAGSTER_PG_PASSWORD=` is not a password: every command that connects says so, before
+    it connects (verify would otherwise report a rejected login)."""
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "")
+    monkeypatch.setenv("DAGPG_CONFIG", str(tmp_path / "none.yml"))
+    (tmp_path / "none.yml").write_text("dagpg: {}\n")
+    result = run(*command, "--dagster-home", str(COMMITTED_HOME))
+    assert result.exit_code == 2, result.output
+    assert error_of(result) == (
+        "Error: environment variable DAGSTER_PG_PASSWORD is set but empty; set it to the "
+        "PostgreSQL password of the instance (in both services' environments on a server)"
+    )
+
+
+def test_an_empty_password_counts_as_unknown_where_none_is_needed(monkeypatch):
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "")
+    inst = resolve_instance(COMMITTED_HOME, require_password=False)
+    assert inst.target.password is None
+    assert "PGPASSWORD" not in inst.target.libpq_env()

@@ -25,11 +25,13 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from dagpg.cli import cli
@@ -122,7 +124,10 @@ def stack(pg_server, template_database, tmp_path_factory):
     nginx_bin = tool("nginx", "DAGPG_NGINX")
     root = tmp_path_factory.mktemp("proxy")
     database = pg_server.create_database(template=template_database)
-    home = pgharness.write_dagster_home(root / "dagster_home", pg_server.target(database))
+    # The committed dagster.yaml's `nux` block: no "Join the Dagster community" dialog.
+    committed = yaml.safe_load((PROJECT_DIR / "dagster_home" / "dagster.yaml").read_text())
+    home = pgharness.write_dagster_home(root / "dagster_home", pg_server.target(database),
+                                        extra=yaml.safe_dump({"nux": committed["nux"]}))
     env = {"DAGSTER_HOME": str(home), pgharness.PASSWORD_VAR: pg_server.admin.password or ""}
     logs = root / "logs"
     started: list[subprocess.Popen] = []
@@ -237,10 +242,7 @@ class Browser:
             if _acked(events):
                 text = self._text(session, events)
                 if ready in text and "Loading" not in text:
-                    self._pump(events, 1.5)  # lazy icons, fonts and the dialog
-                    self._send("Runtime.evaluate", {"expression": SKIP_COMMUNITY_DIALOG},
-                               session, events)
-                    self._pump(events, 1)
+                    self._pump(events, 2.5)  # lazy icons, fonts, and any dialog
                     break
             if any(e.get("method") == "Network.loadingFailed"
                    and e["params"].get("type") == "Document" for e in events):
@@ -266,11 +268,6 @@ class Browser:
                             "document.body.innerText : ''", "returnByValue": True},
                             session, events)
         return result["result"].get("value") or ""
-
-
-# Dagster's first-visit "Join the Dagster community" dialog would cover the screenshot.
-SKIP_COMMUNITY_DIALOG = """[...document.querySelectorAll('button')]
-  .filter(b => b.innerText.trim() === 'Skip').forEach(b => b.click())"""
 
 
 def _acked(events: list[dict]) -> bool:
@@ -346,6 +343,24 @@ def test_the_ui_renders_through_the_proxy(visits, name):
     assert "park_access_job" in jobs.text, (jobs.text[:300], jobs.screenshot)
     assert visit.screenshot.stat().st_size > 20_000, visit.screenshot
     assert visit.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["root", "subpath"])
+def test_no_community_dialog_asks_for_an_email(stack, visits, name):
+    """Dagster shows "Join the Dagster community" (an email form over every page) to a first
+    visitor on 127.0.0.1 or localhost unless dagster.yaml says `nux: enabled: false`."""
+    for visit in (visits[name], visits[f"{name}-jobs"]):
+        assert "Join the Dagster community" not in visit.text, visit.screenshot
+        assert "Overview" in visit.text, (visit.text[:300], visit.screenshot)
+    answer = graphql(stack.proxies[name].backend, "{ shouldShowNux }")
+    assert answer == {"data": {"shouldShowNux": False}}
+
+
+def graphql(base: str, query: str) -> dict:
+    request = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 @pytest.mark.parametrize("name", ["root", "subpath"])

@@ -20,7 +20,7 @@ from dagpg.heartbeats import Heartbeat
 from dagpg.localdb import free_port
 from dagpg.render.servy import encode_environment, service_xml
 from dagpg.settings import KitSettings
-from dagpg.verify import checks, report, verify
+from dagpg.verify import checks, hints, report, verify
 from dagpg.verify.database import DbObservation
 from dagpg.verify.services import CURRENT_ENVIRONMENT, DAEMON, ServiceHome, listen_url
 from dagpg.verify.webserver import BaseUrl
@@ -291,6 +291,22 @@ def test_a_url_with_a_bad_port_is_a_configuration_error():
 def test_the_webserver_url_from_servy_parameters(parameters, url):
     service = ServiceHome("webserver", "DagsterWebserver", "x.xml", "C:\\h", {}, parameters)
     assert listen_url(service) == url
+
+
+def test_the_schedule_hint_names_the_workspace_the_webserver_loads(tmp_path, monkeypatch):
+    """From the webserver's Servy command line, else <DAGSTER_HOME>/workspace.yaml; with the
+    DAGSTER_HOME the command needs when the environment does not have it."""
+    servy = ServiceHome("webserver", "DagsterWebserver", "x.xml", "C:\\h", {},
+                        '-w "C:\\p\\dagster_home\\workspace.yaml" -h 127.0.0.1')
+    assert hints.workspace_of(servy, None) == Path("C:\\p\\dagster_home\\workspace.yaml")
+    here = ServiceHome("webserver", "DagsterWebserver", CURRENT_ENVIRONMENT, str(tmp_path))
+    assert hints.workspace_of(here, tmp_path) is None
+    (tmp_path / "workspace.yaml").write_text("load_from: []\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    command = hints.schedule_start(["a", "b"], here, tmp_path)
+    assert command.split(" && ")[1].endswith(f"schedule start b -w {tmp_path}/workspace.yaml")
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert hints.schedule_start(["a"], here, tmp_path).startswith(f"DAGSTER_HOME={tmp_path} ")
 
 
 # -- judging observations ----------------------------------------------------------------------

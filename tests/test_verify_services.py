@@ -8,7 +8,10 @@ the `stack` fixture to start a new one for the next test that runs.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -104,7 +107,7 @@ def module_stack(pg_server, template_database, tmp_path_factory):
     other = pg_server.create_database(template=template_database)
     home = pgharness.write_dagster_home(root / "dagster_home", pg_server.target(database))
     other_home = pgharness.write_dagster_home(root / "other_home", pg_server.target(other))
-    workspace = write_workspace(root / "workspace.yaml")
+    workspace = write_workspace(home / "workspace.yaml")  # the project's layout
     port = free_port()
     # The project layout: config/config.yml beside DAGSTER_HOME names the webserver's URL.
     (root / "config").mkdir()
@@ -221,11 +224,25 @@ def test_a_stopped_or_missing_schedule_fails(stack):
         encoding="utf-8")
     result, report = verify(stack, DAGPG_CONFIG=str(stack.root / "schedules.yml"))
     assert result.exit_code == 1
-    assert checks(report)["operations.schedules"]["detail"] == (
+    detail = checks(report)["operations.schedules"]["detail"]
+    # `dagster` when PATH finds the one beside dagpg, else its full path.
+    program = "dagster" if shutil.which("dagster") == str(processes.BIN / "dagster") \
+        else str(processes.BIN / "dagster")
+    command = f"{program} schedule start verify_stopped_schedule -w {stack.home}/workspace.yaml"
+    assert detail == (
         "not in the loaded definitions: nightly_typo (add them to dagster_definitions.py, or fix "
         "dagpg.verify.schedules in config.yml); not running: verify_stopped_schedule (start "
-        "each in the UI, Schedules, or `dagster schedule start NAME`)")
+        f"each in the UI, Schedules, or run `{command}`)")
     assert [n for n, s in statuses(report).items() if s == "fail"] == ["operations.schedules"]
+
+    # The command works as printed, from anywhere, with the environment verify had.
+    env = {**os.environ, **{k: v for k, v in stack.env().items() if v is not None}}
+    started = subprocess.run(shlex.split(command), cwd=stack.root, env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    result, report = verify(stack, DAGPG_CONFIG=str(stack.root / "schedules.yml"))
+    assert checks(report)["operations.schedules"]["data"]["verify_stopped_schedule"] == [
+        "RUNNING"]
 
 
 # -- the two services on different instances ------------------------------------------------

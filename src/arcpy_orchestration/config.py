@@ -40,6 +40,13 @@ class Schedule(_Section):
     timezone: str
 
 
+class Workbook(_Section):
+    """How the workbook prints and shows values."""
+
+    paper: Literal["letter", "a4"] = "letter"
+    value_format: Annotated[str, Field(min_length=1)] = "$#,##0"  # an Excel number format
+
+
 class ParkAccess(_Section):
     parks_fc: str
     parcels_fc: str
@@ -52,6 +59,7 @@ class ParkAccess(_Section):
     detail_row_cap: Annotated[int, Field(ge=0)]
     sample_parcels: Annotated[int, Field(gt=0)]
     schedule: Schedule
+    workbook: Workbook = Workbook()
 
 
 class Config(_Section):

@@ -33,6 +33,7 @@ from arcpy_orchestration.gis.base import (
     Selection,
 )
 from arcpy_orchestration.summary import Summary, assemble
+from arcpy_orchestration.wording import count as counted
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class Settings:
     district_field: str = "district"
     detail_row_cap: int = 100_000
     backend: str = "auto"
+    paper: str = "letter"  # the workbook's page size: letter or a4
+    value_format: str = workbook.DEFAULT_VALUE_FORMAT  # Excel number format of value columns
 
     @classmethod
     def from_config(cls, config) -> Settings:
@@ -68,6 +71,8 @@ class Settings:
             district_field=pa.district_field,
             detail_row_cap=pa.detail_row_cap,
             backend=config.gis.backend,
+            paper=pa.workbook.paper,
+            value_format=pa.workbook.value_format,
         )
 
 
@@ -111,6 +116,9 @@ def project_inputs(settings: Settings, *, backend: Backend | None = None) -> Pro
                        crs)
     parcels = be.project(settings.parcels_fc,
                          be.output_path(settings.workspace, "parcels_projected"), crs)
+    log.info("projected %s and %s; %s repaired", counted(parks.features, "park"),
+             counted(parcels.features, "parcel"),
+             counted(parks.repaired + parcels.repaired, "invalid geometry"))
     return ProjectedInputs(parks, parcels, crs, be.name)
 
 
@@ -122,8 +130,12 @@ def parcels_near_parks(settings: Settings, parks_projected: str, parcels_project
     be = backend or gis.get_backend(settings.backend)
     crs = check_working_crs(be, settings.working_wkid)
     dst = be.output_path(settings.workspace, "parcels_near_parks")
-    return be.select_near(parks_projected, parcels_projected, dst, settings.walk_distance_m,
-                          crs)
+    selection = be.select_near(parks_projected, parcels_projected, dst,
+                               settings.walk_distance_m, crs)
+    share = selection.near / selection.parcels if selection.parcels else 0.0
+    log.info("%s of %s (%.1f%%) within %g m of a park", f"{selection.near:,}",
+             counted(selection.parcels, "parcel"), 100 * share, settings.walk_distance_m)
+    return selection
 
 
 def parcel_summary(settings: Settings, parcels_near: str, *, backend: Backend | None = None,
@@ -147,9 +159,10 @@ def parcel_summary(settings: Settings, parcels_near: str, *, backend: Backend | 
                        parcels=parcels_near, notes=notes)
     path = summary.write_json(datasets.summary_path(settings.workspace))
     overall = summary.overall
-    log.info("summary: %d parcels, %.1f%% near a park, %.1f%% of %s near, %d without a value",
-             overall.all.parcels, 100 * overall.share_parcels_near,
-             100 * overall.share_value_near, settings.value_field, overall.all.nulls)
+    log.info("summary of %s in %s written to %s: %.1f%% near a park, %.1f%% of %s near, "
+             "%s without a value", counted(overall.all.parcels, "parcel"),
+             counted(len(summary.districts), "district"), path, 100 * overall.share_parcels_near,
+             100 * overall.share_value_near, settings.value_field, f"{overall.all.nulls:,}")
     return SummaryResult(str(path), summary)
 
 
@@ -165,15 +178,17 @@ def summary_excel(settings: Settings, summary_json: str, parcels_near: str,
     parcels = summary.overall.all.parcels
     if parcels <= settings.detail_row_cap:
         detail = be.detail(parcels_near, fields)
-        sheets = workbook.write_workbook(out, summary, detail=detail)
-        log.info("workbook written to %s with %d parcel rows", out, parcels)
+        sheets = workbook.write_workbook(out, summary, detail=detail, paper=settings.paper,
+                                         value_format=settings.value_format)
+        log.info("workbook written to %s with %s", out, counted(parcels, "parcel row"))
         return WorkbookResult(str(out), parcels, True, None, sheets)
     csv_path = datasets.detail_csv_path(out)
     be.write_detail_csv(parcels_near, fields, str(csv_path))
     sheets = workbook.write_workbook(out, summary, detail=None, detail_path=csv_path,
-                                     detail_row_cap=settings.detail_row_cap)
-    log.info("workbook written to %s; %d parcel rows (over the cap of %d) written to %s",
-             out, parcels, settings.detail_row_cap, csv_path)
+                                     detail_row_cap=settings.detail_row_cap,
+                                     paper=settings.paper, value_format=settings.value_format)
+    log.info("workbook written to %s; %s (over the cap of %s) written to %s",
+             out, counted(parcels, "parcel row"), f"{settings.detail_row_cap:,}", csv_path)
     return WorkbookResult(str(out), parcels, False, str(csv_path), sheets)
 
 

@@ -18,13 +18,22 @@ from arcpy_orchestration.summary import AreaSummary, Summary
 
 HEADER = {"bold": True, "bg_color": "#DDEBF7", "border": 1, "border_color": "#9BC2E6",
           "text_wrap": True, "valign": "vcenter", "align": "center"}
-COUNT, AMOUNT, SHARE, METRES = "#,##0", "#,##0", "0.0%", "#,##0.0"
+# Cell styles by role; the value columns' number format comes from park_access.workbook.
+COUNT, AMOUNT, SHARE, METRES = "count", "amount", "share", "metres"
+NUMBER_FORMATS = {COUNT: "#,##0", SHARE: "0.0%", METRES: "#,##0.0"}
+DEFAULT_VALUE_FORMAT = "$#,##0"
+PAPER = {"letter": 1, "a4": 9}  # xlsxwriter's set_paper() indices (Excel's paperSize)
+DASH = "–"  # in a mean or median cell: no parcel of that group has a value
+# Up to this many rows (overall + districts) the Summary prints on one page, and says so.
+SUMMARY_ONE_PAGE_AREAS = 40
 
 
 def write_workbook(path: str | os.PathLike, summary: Summary, *, detail: DetailTable | None,
                    detail_path: str | os.PathLike | None = None,
-                   detail_row_cap: int | None = None) -> list[str]:
-    """Write the workbook; returns its sheet names."""
+                   detail_row_cap: int | None = None, paper: str = "letter",
+                   value_format: str = DEFAULT_VALUE_FORMAT) -> list[str]:
+    """Write the workbook; returns its sheet names. `paper`: letter or a4; `value_format`: the
+    Excel number format of the value columns (e.g. '$#,##0')."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,11 +44,11 @@ def write_workbook(path: str | os.PathLike, summary: Summary, *, detail: DetailT
     book = xlsxwriter.Workbook(str(tmp))
     try:
         sheets = ["Summary"]
-        fmt = _formats(book)
+        fmt = _formats(book, value_format)
         note = _detail_note(summary, detail, detail_path, detail_row_cap)
-        _summary_sheet(book.add_worksheet("Summary"), summary, fmt, note)
+        _summary_sheet(book.add_worksheet("Summary"), summary, fmt, note, PAPER[paper])
         if detail is not None:
-            _detail_sheet(book.add_worksheet("Parcels"), detail, summary, fmt)
+            _detail_sheet(book.add_worksheet("Parcels"), detail, summary, fmt, PAPER[paper])
             sheets.append("Parcels")
         book.close()
         os.replace(tmp, path)
@@ -58,23 +67,25 @@ def humanize(field: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _formats(book) -> dict:
+def _formats(book, value_format: str) -> dict:
     def f(**kw):
         return book.add_format(kw)
 
-    return {
+    numbers = {**NUMBER_FORMATS, AMOUNT: value_format}
+    fmt = {
         "header": f(**HEADER),
         "title": f(bold=True, font_size=13),
         "area": f(),
         "area_all": f(bold=True, top=1, bottom=1),
         "note": f(italic=True, font_color="#404040", text_wrap=True, valign="top"),
-        COUNT: f(num_format=COUNT),
-        SHARE: f(num_format=SHARE),
-        METRES: f(num_format=METRES),
-        "all:" + COUNT: f(num_format=COUNT, bold=True, top=1, bottom=1),
-        "all:" + SHARE: f(num_format=SHARE, bold=True, top=1, bottom=1),
+        "dash": f(align="right"),
+        "all:dash": f(align="right", bold=True, top=1, bottom=1),
         "center": f(align="center"),
     }
+    for role, number_format in numbers.items():
+        fmt[role] = f(num_format=number_format)
+        fmt["all:" + role] = f(num_format=number_format, bold=True, top=1, bottom=1)
+    return fmt
 
 
 def _columns(summary: Summary):
@@ -97,7 +108,7 @@ def _columns(summary: Summary):
     ]
 
 
-def _summary_sheet(ws, summary: Summary, fmt: dict, detail_note: str) -> None:
+def _summary_sheet(ws, summary: Summary, fmt: dict, detail_note: str, paper: int) -> None:
     columns = _columns(summary)
     ws.set_row(0, 30)
     ws.set_row(1, 30)
@@ -127,19 +138,22 @@ def _summary_sheet(ws, summary: Summary, fmt: dict, detail_note: str) -> None:
         ws.merge_range(row, 0, row, len(columns), line, fmt["note"])
         ws.set_row(row, 15 * (len(line) // int(width * 1.1) + 1))
         row += 1
-    _print_setup(ws, rows=(0, 1), title=f"Parcels within {summary.walk_distance_m:,g} m of a park")
+    one_page = len(summary.areas) <= SUMMARY_ONE_PAGE_AREAS
+    _print_setup(ws, paper, landscape=True, rows=(0, 1), tall=1 if one_page else 0,
+                 title=f"Parcels within {summary.walk_distance_m:,g} m of a park",
+                 # Its own pages only: &N would count every sheet printed with it.
+                 footer="Summary, page 1 of 1" if one_page else "Summary, page &P")
 
 
 def _summary_row(ws, r: int, area: AreaSummary, columns, fmt: dict, overall: bool) -> None:
     prefix = "all:" if overall else ""
     ws.write_string(r, 0, area.area, fmt["area_all" if overall else "area"])
     for c, (_g, _h, _w, num, value) in enumerate(columns, start=1):
-        cell_format = fmt[prefix + num]
         v = value(area)
-        if v is None:
-            ws.write_blank(r, c, None, cell_format)
+        if v is None:  # a mean or median of no values: see the notes
+            ws.write_string(r, c, DASH, fmt[prefix + "dash"])
         else:
-            ws.write_number(r, c, v, cell_format)
+            ws.write_number(r, c, v, fmt[prefix + num])
 
 
 def _notes(summary: Summary, detail_note: str) -> list[str]:
@@ -156,6 +170,8 @@ def _notes(summary: Summary, detail_note: str) -> list[str]:
         f"parcels have no {value} ({o.near.nulls:,} near a park, {o.not_near.nulls:,} not) and "
         f"are counted under 'No {humanize(value).lower()}'. Shares of value are of the total "
         "over parcels with a value.",
+        f"{DASH} in a mean or median: no parcel in that group has a value of {value} (e.g. a "
+        "district with no parcel near a park), so there is nothing to average.",
         detail_note,
     ]
     sources = ", ".join(f"{k} {notes[k]}" for k in ("parcels", "parks") if notes.get(k))
@@ -176,7 +192,7 @@ def _detail_note(summary: Summary, detail: DetailTable | None, detail_path,
             f"beside this workbook ({where}).")
 
 
-def _detail_sheet(ws, detail: DetailTable, summary: Summary, fmt: dict) -> None:
+def _detail_sheet(ws, detail: DetailTable, summary: Summary, fmt: dict, paper: int) -> None:
     headers = [humanize(c) for c in detail.columns]
     names = list(detail.columns)
     headers[names.index(NEAR_FIELD)] = f"Near a park\n(≤ {summary.walk_distance_m:,g} m)"
@@ -188,7 +204,7 @@ def _detail_sheet(ws, detail: DetailTable, summary: Summary, fmt: dict) -> None:
         ws.set_column(c, c, widths[c] if c < len(widths) else 14)
     near_col, dist_col = names.index(NEAR_FIELD), names.index(DIST_FIELD)
     value_col = names.index(summary.value_field) if summary.value_field in names else -1
-    count_fmt, metres_fmt, center = fmt[COUNT], fmt[METRES], fmt["center"]
+    value_fmt, metres_fmt, center = fmt[AMOUNT], fmt[METRES], fmt["center"]
     r = 0
     for r, row in enumerate(detail.rows, start=1):
         for c, v in enumerate(row):
@@ -201,19 +217,28 @@ def _detail_sheet(ws, detail: DetailTable, summary: Summary, fmt: dict) -> None:
             elif c == dist_col:
                 ws.write_number(r, c, v, metres_fmt)
             elif c == value_col:
-                ws.write_number(r, c, v, count_fmt)
+                ws.write_number(r, c, v, value_fmt)
             else:
                 ws.write(r, c, v)
     ws.freeze_panes(1, 0)
     ws.autofilter(0, 0, max(r, 1), len(headers) - 1)
-    _print_setup(ws, rows=(0, 0), title="Parcels and their distance to the nearest park")
+    # Portrait: five narrow columns, so a page holds half as many rows again as in landscape.
+    _print_setup(ws, paper, landscape=False, rows=(0, 0), tall=0,
+                 title=f"Parcels and their distance to the nearest park ({detail.count:,} parcels)",
+                 footer="Parcels, page &P")
 
 
-def _print_setup(ws, rows: tuple[int, int], title: str) -> None:
-    """Landscape, one page wide, header rows repeated: what prints (or PDFs) cleanly."""
-    ws.set_landscape()
-    ws.set_paper(9)  # A4; Letter users get it scaled
-    ws.fit_to_pages(1, 0)
+def _print_setup(ws, paper: int, *, landscape: bool, rows: tuple[int, int], tall: int,
+                 title: str, footer: str) -> None:
+    """One page wide (`tall` pages high, 0: as many as needed), header rows repeated on every
+    page, the sheet's own page numbers (from 1, whatever is printed before it)."""
+    if landscape:
+        ws.set_landscape()
+    else:
+        ws.set_portrait()
+    ws.set_paper(paper)
+    ws.fit_to_pages(1, tall)
     ws.repeat_rows(*rows)
+    ws.set_start_page(1)
     ws.set_header(f"&L&B{title.replace('&', '&&')}&R&D")
-    ws.set_footer("&CPage &P of &N")
+    ws.set_footer(f"&C{footer}")

@@ -45,6 +45,19 @@ class MissingPasswordError(ConfigurationError):
         self.variable = variable
 
 
+class EmptyPasswordError(MissingPasswordError):
+    """The variable exists but holds nothing: libpq would try no password at all, and the server
+    would answer with a rejected login that hides the real cause."""
+
+    def __init__(self, variable: str):
+        ConfigurationError.__init__(
+            self,
+            f"environment variable {variable} is set but empty; set it to the PostgreSQL "
+            "password of the instance (in both services' environments on a server)"
+        )
+        self.variable = variable
+
+
 class ToolNotFoundError(ConfigurationError):
     """A PostgreSQL program (initdb, pg_dump, ...) is missing or too old."""
 

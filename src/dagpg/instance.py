@@ -15,7 +15,12 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import yaml
 
-from dagpg.errors import InstanceError, MissingPasswordError, NotPostgresError
+from dagpg.errors import (
+    EmptyPasswordError,
+    InstanceError,
+    MissingPasswordError,
+    NotPostgresError,
+)
 
 DAGSTER_YAML = "dagster.yaml"
 DEFAULT_PASSWORD_VAR = "DAGSTER_PG_PASSWORD"
@@ -263,6 +268,11 @@ def _password(yaml_path: Path, key: str, value: Any, required: bool) -> str | No
         resolved = os.environ.get(str(value["env"]))
         if resolved is None and required:
             raise MissingPasswordError(str(value["env"]))
+        if resolved == "":
+            # Empty is not a password: an error where one is needed, "not known" elsewhere.
+            if required:
+                raise EmptyPasswordError(str(value["env"]))
+            return None
         return resolved
     return _value(yaml_path, key, value)[0]
 

@@ -40,6 +40,7 @@ from arcpy_orchestration.gis.base import (
     Selection,
 )
 from arcpy_orchestration.summary import GroupStats, group_statistics_rows
+from arcpy_orchestration.wording import count as counted
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ class ArcpyBackend:
                 # Esri's repair keeps both halves of a bow-tie as one multipart polygon.
                 arcpy.management.RepairGeometry(in_features=dst, delete_null="KEEP_NULL",
                                                 validation_method="OGC")
-                log.warning("%s: repaired %d invalid geometries (RepairGeometry, OGC)", src,
-                            repaired)
+                log.warning("%s: repaired %s (RepairGeometry, OGC)", src,
+                            counted(repaired, "invalid geometry"))
             return ProjectedLayer(dst, _count(dst), repaired, empty)
 
     def select_near(self, parks: str, parcels: str, dst: str, distance_m: float,
@@ -169,7 +170,6 @@ class ArcpyBackend:
                                f"{crs.metres_per_unit!r}",
                     expression_type="PYTHON3")
             parcels_count = _count(dst)
-        log.info("%d of %d parcels within %s m of a park", near, parcels_count, distance_m)
         return Selection(dst, parcels_count, near, distance_m / crs.metres_per_unit)
 
     def group_statistics(self, parcels_near: str, value_field: str,

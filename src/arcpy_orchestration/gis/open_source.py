@@ -35,6 +35,7 @@ from arcpy_orchestration.gis.base import (
     Selection,
 )
 from arcpy_orchestration.summary import GroupStats, Stats, district_label
+from arcpy_orchestration.wording import count as counted
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ class OpenSourceBackend:
         frame = frame.set_geometry(gpd.GeoSeries(geoms, index=frame.index, crs=target))
         empty = int((shapely.is_missing(geoms) | shapely.is_empty(geoms)).sum())
         if repaired:
-            log.warning("%s: repaired %d invalid geometries (make_valid, polygon parts kept)",
-                        src, repaired)
+            log.warning("%s: repaired %s (make_valid, polygon parts kept)", src,
+                        counted(repaired, "invalid geometry"))
         write(frame, dst)
         return ProjectedLayer(dst, len(frame), repaired, empty)
 
@@ -113,8 +114,6 @@ class OpenSourceBackend:
         near = dist <= units
         parcel_frame[NEAR_FIELD] = near.astype("int16")
         parcel_frame[DIST_FIELD] = dist * crs.metres_per_unit
-        log.info("%d of %d parcels within %.6g m of one of %d parks", int(near.sum()),
-                 len(parcel_frame), distance_m, len(park_frame))
         write(parcel_frame, dst)
         return Selection(dst, len(parcel_frame), int(near.sum()), units)
 

@@ -26,7 +26,18 @@ dir_option = click.option(
 )
 
 
-@click.command("backup")
+class _BackupCommand(click.Command):
+    """`dagpg backup list` is an easy slip for `dagpg backups list`: say which was meant."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in backups.commands:
+            raise click.UsageError(
+                f"No such command {args[0]!r} for `{ctx.command_path}`. Did you mean "
+                f"`{ctx.command_path}s {' '.join(args)}`?", ctx)
+        return super().parse_args(ctx, args)
+
+
+@click.command("backup", cls=_BackupCommand)
 @dagster_home_option
 @click.option("--dest", metavar="DIR", default=None,
               help="Folder to write the backup into. Default: dagpg.backup.directory in "
@@ -152,7 +163,7 @@ def list_(dagster_home, directory, as_json) -> None:
              human_bytes(b.size_bytes) if b.size_bytes is not None else "",
              b.verified, _when(b.restore_tested_at) or "", b.detail or "")
             for b in result.backups]
-    click.echo(f"{len(rows)} backups in {result.directory}")
+    click.echo(f"{len(rows)} {'backup' if len(rows) == 1 else 'backups'} in {result.directory}")
     if rows:
         _columns(("NAME", "STATE", "KIND", "FINISHED (UTC)", "SIZE", "VERIFIED",
                   "RESTORE-TESTED", "DETAIL"), rows)

@@ -11,7 +11,6 @@ from dagpg.cli.options import (
     emit_table,
     json_option,
     progress_printer,
-    silent_option,
 )
 from dagpg.errors import EXIT_NOT_RUNNING
 from dagpg.instance import resolve_instance
@@ -23,6 +22,12 @@ data_dir_option = click.option(
     help="Folder of the local cluster. Default: $DAGPG_PGDATA, else <DAGSTER_HOME>/postgres "
     "(as root, /var/lib/dagpg/<project>-<hash> when the server user cannot enter DAGSTER_HOME).",
 )
+
+
+# A server's state is the whole result of up, down and upgrade: with --silent they print nothing
+# (the exit code tells), which is what a script calling them wants.
+silent_option = click.option("--silent", is_flag=True,
+                             help="Print nothing unless it fails (the exit code tells).")
 
 
 @click.group()
@@ -49,7 +54,8 @@ def up(dagster_home, data_dir, as_json, silent) -> None:
     """
     inst = resolve_instance(dagster_home)
     status = localdb.up_for_instance(inst, data_dir, progress_printer(silent, as_json))
-    _render_status(status, inst.target.url(), as_json)
+    if not silent or as_json:
+        _render_status(status, inst.target.url(), as_json)
 
 
 @db.command("down")
@@ -66,7 +72,8 @@ def down(dagster_home, data_dir, as_json, silent) -> None:
     """
     inst = resolve_instance(dagster_home, require_password=False)
     status = localdb.cluster_for(inst, data_dir).down(progress_printer(silent, as_json))
-    _render_status(status, inst.target.url(), as_json)
+    if not silent or as_json:
+        _render_status(status, inst.target.url(), as_json)
 
 
 @db.command("status")
@@ -118,6 +125,8 @@ def upgrade(dagster_home, as_json, silent) -> None:
     report = schema.upgrade(inst, progress_printer(silent, as_json))
     if as_json:
         emit_json(report.as_dict())
+        return
+    if silent:
         return
     b, a = report.before, report.after
     emit_table([

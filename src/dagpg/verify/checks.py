@@ -6,7 +6,7 @@ run: not asked for, not available yet, or a check it depends on already failed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -327,7 +327,9 @@ def definitions(web: WebObservation) -> CheckResult:
                        data)
 
 
-def schedules(web: WebObservation, wanted: Sequence[str]) -> CheckResult:
+def schedules(web: WebObservation, wanted: Sequence[str],
+              start: Callable[[list[str]], str] | None = None) -> CheckResult:
+    """`start(names)`: the command that starts the stopped ones (see hints.schedule_start)."""
     name, title = "operations.schedules", "Schedules running"
     if skipped := _unreachable(name, title, web):
         return skipped
@@ -349,8 +351,9 @@ def schedules(web: WebObservation, wanted: Sequence[str]) -> CheckResult:
         problems.append(f"not in the loaded definitions: {', '.join(missing)} (add them to "
                         "dagster_definitions.py, or fix dagpg.verify.schedules in config.yml)")
     if stopped:
+        command = start(stopped) if start else "dagster schedule start NAME"
         problems.append(f"not running: {', '.join(stopped)} (start each in the UI, Schedules, "
-                        "or `dagster schedule start NAME`)")
+                        f"or run `{command}`)")
     if problems:
         return CheckResult(name, title, FAIL, "; ".join(problems), data)
     return CheckResult(name, title, OK, f"RUNNING: {', '.join(wanted)}", data)

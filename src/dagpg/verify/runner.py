@@ -13,7 +13,7 @@ from importlib.metadata import version as installed_version
 from dagpg.errors import ConfigurationError, DagpgError
 from dagpg.instance import Instance
 from dagpg.settings import KitSettings
-from dagpg.verify import access, checks, database, webserver
+from dagpg.verify import access, checks, database, hints, webserver
 from dagpg.verify.report import Report
 from dagpg.verify.services import (
     CURRENT_ENVIRONMENT,
@@ -106,7 +106,8 @@ def verify(
         checks.instance_id("public", "Public page", public, db),
         checks.heartbeats_match("public", "Public GraphQL", public, db, required),
         checks.websocket("Public WebSocket", public),
-        checks.schedules(web, cfg.schedules),
+        checks.schedules(web, cfg.schedules, start=lambda names: hints.schedule_start(
+            names, services[WEBSERVER], instance.home if instance else None)),
         checks.backup(backup, max_age_h),
     ]
     if public_base:  # who gets through the proxy, and past it
