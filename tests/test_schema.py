@@ -56,10 +56,12 @@ def test_kit_schema_behind_head_is_reported_and_upgraded(dagster_home):
 
 
 def test_upgrade_human_output(empty_dagster_home):
-    result = CliRunner().invoke(cli, ["db", "upgrade", "--silent"])
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
     assert result.exit_code == 0
-    assert "Dagster schema  empty -> " in result.output
-    assert "dagpg schema    empty -> 0001" in result.output
+    assert "Dagster schema  empty -> " in result.stdout
+    assert "dagpg schema    empty -> 0001" in result.stdout
+    silent = CliRunner().invoke(cli, ["db", "upgrade", "--silent"])
+    assert (silent.exit_code, silent.stdout, silent.stderr) == (0, "", "")
 
 
 def test_upgrade_with_wrong_password_is_one_line(empty_dagster_home, monkeypatch):
