@@ -86,8 +86,7 @@ def verify(
 
     required = db.required_daemons if db else None
     dagster = installed_version("dagster")
-    web_hint = (f"is dagster-webserver ({services[WEBSERVER].name}) running on "
-                f"{web_base.host}:{web_base.port}? check its stdout/stderr logs")
+    web_hint = webserver_hint(services[WEBSERVER].name, web_base)
     public_hint = ("a 502 from the proxy means the webserver is down or on another port; "
                    "check the proxy's rule and the webserver")
     results = [
@@ -104,6 +103,7 @@ def verify(
         checks.websocket("Public WebSocket", public),
         checks.schedules(web, cfg.schedules),
         checks.backup(backup, max_age_h),
+        checks.keeper(_observe_keeper(instance) if db and db.reachable else None),
     ]
     return Report(
         checks=results,
@@ -111,6 +111,52 @@ def verify(
         instance=instance.as_dict() if instance else None,
         services={role: s.as_dict() for role, s in services.items()},
     )
+
+
+# -- single checks, for the keeper (`dagpg watch`) ---------------------------------------
+
+def webserver_hint(name: str, base: webserver.BaseUrl) -> str:
+    return (f"is dagster-webserver ({name}) running on {base.host}:{base.port}? check its "
+            "stdout/stderr logs")
+
+
+def heartbeat_check(instance: Instance, daemon: ServiceHome, *, max_age_s: float,
+                    timeout: float, required: Sequence[str] | None
+                    ) -> tuple[checks.CheckResult, database.DbObservation]:
+    """The daemon-heartbeats check alone: read the database, judge every required daemon.
+    `required`: Dagster's list for this instance (None: load it here, ~1 s)."""
+    db = database.observe(instance, timeout=timeout)
+    if db.reachable and db.status and db.status.at_head:
+        if required is None:
+            db.required_daemons, db.required_error = database.required_daemon_types(
+                instance, daemon.environment)
+        else:
+            db.required_daemons = list(required)
+        db.required_from = "dagster.yaml"
+    return checks.daemon_heartbeats(db, max_age_s, daemon), db
+
+
+def webserver_check(url: str, name: str, *, timeout: float
+                    ) -> tuple[checks.CheckResult, webserver.WebObservation]:
+    """The webserver-answers check alone: `<url>/server_info` within `timeout`."""
+    base = webserver.BaseUrl.parse(url, option="the webserver URL")
+    web = webserver.observe(base, timeout=timeout, info_only=True)
+    result = checks.server_info("webserver", "Webserver answers", web,
+                                installed_version("dagster"), webserver_hint(name, base))
+    return result, web
+
+
+def _observe_keeper(instance: Instance | None) -> checks.KeeperObservation:
+    from dagpg.watch.store import read_keepers
+
+    try:
+        return checks.KeeperObservation(rows=read_keepers(instance))
+    except DagpgError as exc:
+        return checks.KeeperObservation(error=str(exc))
+    except Exception as exc:  # noqa: BLE001  (its table's own failure: a check, not a crash)
+        log.debug("reading the keeper's row failed", exc_info=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return checks.KeeperObservation(error=f"reading the keeper's heartbeat failed: {first}")
 
 
 def _primary(daemon: ServiceHome, resolved: Instance | DagpgError) -> Instance | None:

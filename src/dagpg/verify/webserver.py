@@ -395,8 +395,10 @@ class WebObservation:
     websocket_error: str | None = None
 
 
-def observe(base: BaseUrl, *, timeout: float, websocket: bool = False) -> WebObservation:
-    """server_info first; when the host does not answer at all, nothing else is tried."""
+def observe(base: BaseUrl, *, timeout: float, websocket: bool = False,
+            info_only: bool = False) -> WebObservation:
+    """server_info first; when the host does not answer at all, nothing else is tried.
+    `info_only`: only server_info (the keeper's liveness probe)."""
     client = WebClient(base, timeout)
     obs = WebObservation(base)
     try:
@@ -406,6 +408,8 @@ def observe(base: BaseUrl, *, timeout: float, websocket: bool = False) -> WebObs
         obs.unreachable = isinstance(exc, Unreachable)
         if obs.unreachable:
             return obs
+    if info_only:
+        return obs
     try:
         obs.page = client.page()
     except WebError as exc:

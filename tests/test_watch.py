@@ -1,0 +1,261 @@
+"""The keeper's parts against real things, without Dagster's services: process identity,
+the three service managers (a real supervisord; Servy and systemd through stand-ins that follow
+their documented behaviour), startup refusals, and the restart budget with a supervisord
+whose "daemon" never comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dagpg.cli import cli
+from dagpg.services.base import MISSING, RUNNING, STOPPED, ServiceManagerError
+from dagpg.services.servy import Servy
+from dagpg.services.supervisord import Supervisord
+from dagpg.services.systemd import Systemd
+from dagpg.settings import load_settings
+from dagpg.verify import checks
+from dagpg.watch import Keeper, jsonlog, procs
+from dagpg.watch.store import read_keepers
+from tests.supervisor import Program, Supervisor
+
+SLEEP = "sleep 100000"
+
+
+def write_config(path: Path, **watch) -> Path:
+    block = "\n".join(f"    {k}: {json.dumps(v)}" for k, v in watch.items())
+    path.write_text(f"dagpg:\n  watch:\n{block}\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    sup = Supervisor(tmp_path / "sv", {"DagsterDaemon": Program(SLEEP),
+                                       "DagsterWebserver": Program(SLEEP),
+                                       "Stopped": Program(SLEEP, autostart=False)})
+    sup.start()
+    try:
+        sup.wait_state("DagsterDaemon", "RUNNING")
+        yield sup
+    finally:
+        sup.kill_all()
+
+
+# -- process identity --------------------------------------------------------------------
+
+def test_a_pid_is_the_worker_only_while_that_process_lives():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 10
+        while procs.started_at(child.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        named_at = time.time()  # the worker names itself after it started
+        assert procs.identity(child.pid, named_at) == procs.ALIVE
+        assert abs(procs.started_at(child.pid) - named_at) < 30
+        # An event older than the process: the id was reused by a younger process.
+        assert procs.identity(child.pid, named_at - 60) == procs.GONE
+    finally:
+        child.kill()
+    assert procs.identity(child.pid, named_at) == procs.ALIVE  # a zombie until reaped?
+    child.wait()
+    assert procs.identity(child.pid, named_at) == procs.GONE
+    assert procs.boot_time() < procs.started_at(os.getpid()) <= time.time()
+
+
+def test_a_zombie_counts_as_gone():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{child.pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "Z":
+            break
+        time.sleep(0.05)
+    assert procs.started_at(child.pid) is None
+    child.wait()
+
+
+# -- service managers ----------------------------------------------------------------------
+
+def test_supervisord_status_and_restart(supervisor):
+    manager = Supervisord(str(Path(sys.executable).parent / "supervisorctl"),
+                          str(supervisor.config))
+    assert manager.status("DagsterDaemon").status == RUNNING
+    assert manager.status("Stopped").status == STOPPED
+    assert manager.status("Nope").status == MISSING
+    before = supervisor.pid("DagsterDaemon")
+    result = manager.restart("DagsterDaemon")
+    assert result.ok, result
+    assert result.command == f"{manager.program} -c {supervisor.config} restart DagsterDaemon"
+    assert supervisor.pid("DagsterDaemon") not in (0, before)
+    failed = manager.restart("Nope")
+    assert not failed.ok and "no such process" in failed.detail
+    manager.check(["DagsterDaemon", "DagsterWebserver"])
+    with pytest.raises(ServiceManagerError) as err:
+        manager.check(["DagsterDaemon", "DagsterWebservr"])
+    assert str(err.value) == (
+        "supervisord does not know service 'DagsterWebservr' (DagsterWebservr: ERROR (no such "
+        "process)); install it or fix dagpg.services in config.yml")
+
+
+def test_supervisord_that_requires_a_password_is_no_permission(tmp_path):
+    sup = Supervisor(tmp_path / "auth", {"DagsterDaemon": Program(SLEEP)}, auth=True).start()
+    try:
+        manager = Supervisord(str(Path(sys.executable).parent / "supervisorctl"),
+                              str(sup.config))
+        with pytest.raises(ServiceManagerError) as err:
+            manager.check(["DagsterDaemon"])
+        assert str(err.value).startswith(
+            "no permission to manage 'DagsterDaemon' through supervisord: Server requires "
+            "authentication")
+    finally:
+        sup.kill_all()
+
+
+def fake_servy(tmp_path: Path, services: dict[str, str]) -> Servy:
+    state = tmp_path / "servy.json"
+    state.write_text(json.dumps(services), encoding="utf-8")
+    script = tmp_path / "servy-cli"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} "
+                      f"{Path(__file__).parent / 'fake_servy_cli.py'} \"$@\"\n")
+    script.chmod(0o755)
+    os.environ["FAKE_SERVY_STATE"] = str(state)
+    return Servy(str(script))
+
+
+def test_servy_commands_follow_servy_cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_SERVY_STATE", "")
+    servy = fake_servy(tmp_path, {"DagsterDaemon": "Running", "DagsterWebserver": "Stopped"})
+    assert servy.status("DagsterDaemon").status == RUNNING
+    assert servy.status("DagsterWebserver").status == STOPPED
+    assert servy.status("Nope").status == MISSING
+    assert servy.describe("DagsterDaemon") == (
+        f"{tmp_path / 'servy-cli'} restart --name=DagsterDaemon --quiet")
+    assert servy.restart("DagsterWebserver").ok
+    failed = servy.restart("Nope")
+    assert (failed.ok, failed.detail) == (False, "The specified service was not found.")
+    calls = [json.loads(x) for x in (tmp_path / "servy.json.calls").read_text().splitlines()]
+    assert calls[-2:] == [["restart", "--name=DagsterWebserver", "--quiet"],
+                          ["restart", "--name=Nope", "--quiet"]]
+    with pytest.raises(ServiceManagerError) as err:  # this is Linux
+        servy.check(["DagsterDaemon"])
+    assert str(err.value).startswith("Servy manages Windows services")
+
+
+def test_systemd_reads_systemctl_show(tmp_path):
+    script = tmp_path / "systemctl"
+    script.write_text("#!/bin/sh\n"
+                      'case "$5$6$7$8" in *Dagster*) state=active; load=loaded;; '
+                      "*) state=inactive; load=not-found;; esac\n"
+                      'echo "LoadState=$load"; echo "ActiveState=$state"; echo "SubState=x"\n')
+    script.chmod(0o755)
+    systemd = Systemd(str(script))
+    assert systemd.status("DagsterDaemon").status == RUNNING
+    assert systemd.status("nope").status == MISSING
+    assert systemd.describe("DagsterDaemon") == f"{script} restart DagsterDaemon.service"
+    with pytest.raises(ServiceManagerError) as err:
+        Systemd("/nonexistent/systemctl").check(["DagsterDaemon"])
+    assert str(err.value) == ("/nonexistent/systemctl not found: install systemd or set its "
+                              "path in dagpg.watch (systemd is dagpg.watch.service_manager)")
+
+
+# -- startup refusals: one line, exit code 2 ------------------------------------------------
+
+def watch_check(config: Path, dagster_home) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["watch", "--check"],
+                                env={"DAGPG_CONFIG": str(config),
+                                     "DAGSTER_HOME": str(dagster_home.home)})
+    return result.exit_code, result.output
+
+
+def test_bad_configuration_is_one_line_and_exit_2(dagster_home, supervisor, tmp_path):
+    ctl = str(Path(sys.executable).parent / "supervisorctl")
+    code, out = watch_check(write_config(tmp_path / "a.yml", service_manager="nssm"),
+                            dagster_home)
+    assert code == 2
+    assert out == (f"Error: {tmp_path / 'a.yml'}: dagpg.watch.service_manager: value error, "
+                   "unknown service manager; choose one of servy, systemd, supervisord, got "
+                   "'nssm' (PROJECT_ENV=dev)\n")
+    config = tmp_path / "b.yml"
+    config.write_text("dagpg:\n  services:\n    daemon: DagsterDeamon\n  watch:\n"
+                      f"    service_manager: supervisord\n    supervisorctl: {ctl}\n"
+                      f"    supervisor_config: {supervisor.config}\n", encoding="utf-8")
+    code, out = watch_check(config, dagster_home)
+    assert (code, out) == (2, "Error: supervisord does not know service 'DagsterDeamon' "
+                              "(DagsterDeamon: ERROR (no such process)); install it or fix "
+                              "dagpg.services in config.yml\n")
+    auth = Supervisor(tmp_path / "auth", {"DagsterDaemon": Program(SLEEP)}, auth=True).start()
+    try:
+        code, out = watch_check(write_config(tmp_path / "c.yml", service_manager="supervisord",
+                                             supervisorctl=ctl,
+                                             supervisor_config=str(auth.config)), dagster_home)
+    finally:
+        auth.kill_all()
+    assert code == 2 and len(out.splitlines()) == 1
+    assert out.startswith("Error: no permission to manage 'DagsterWebserver' through "
+                          "supervisord: Server requires authentication")
+    code, out = watch_check(write_config(tmp_path / "d.yml", service_manager="systemd",
+                                         systemctl="/nonexistent/systemctl"), dagster_home)
+    assert (code, len(out.splitlines())) == (2, 1) and "systemctl not found" in out
+
+
+# -- the restart budget -----------------------------------------------------------------------
+
+def test_a_service_that_never_comes_back_is_restarted_at_most_the_budget(
+        dagster_home, supervisor, tmp_path):
+    ctl = str(Path(sys.executable).parent / "supervisorctl")
+    config = write_config(
+        tmp_path / "watch.yml", service_manager="supervisord", supervisorctl=ctl,
+        supervisor_config=str(supervisor.config), interval_s=0.2, failures_before_restart=2,
+        max_restarts_per_hour=2, restart_grace_s=0.5, webserver_timeout_s=1,
+        log_dir=str(tmp_path / "logs"))
+    settings = load_settings(config)
+    # The "daemon" and the "webserver" are `sleep`: running, but no heartbeat, no answer.
+    keeper = Keeper(settings, dagster_home=dagster_home.home, once=True)
+    keeper.start()
+    pids = {name: [supervisor.pid(name)] for name in ("DagsterDaemon", "DagsterWebserver")}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            result = keeper.run_pass()
+            for name in pids:
+                if supervisor.pid(name) != pids[name][-1]:
+                    pids[name].append(supervisor.pid(name))
+            if {"DagsterDaemon", "DagsterWebserver"} <= set(keeper.gave_up):
+                break
+            time.sleep(0.2)
+        for _ in range(5):  # and it stays given up
+            result = keeper.run_pass()
+            assert not result.actions
+    finally:
+        keeper.close()
+    records = jsonlog.read(tmp_path / "logs" / jsonlog.FILE_NAME)
+    restarts = [r for r in records if r["event"] == "action"]
+    assert sorted(r["target"] for r in restarts) == [
+        "DagsterDaemon", "DagsterDaemon", "DagsterWebserver", "DagsterWebserver"]
+    assert all(r["data"]["ok"] for r in restarts)
+    assert {name: len(p) for name, p in pids.items()} == {"DagsterDaemon": 3,
+                                                         "DagsterWebserver": 3}
+    gave_up = [r for r in records if r["event"] == "gave_up"]
+    assert [(r["target"], r["level"]) for r in sorted(gave_up, key=lambda r: r["target"])] == [
+        ("DagsterDaemon", "error"), ("DagsterWebserver", "error")]
+    assert gave_up[0]["detail"].endswith(
+        "restarted 2 times in the last hour (dagpg.watch.max_restarts_per_hour: 2) and still "
+        "fails: the keeper stops restarting it; find the cause in its log, fix it, restart it "
+        "by hand")
+    # The backoff: the second restart of each came at least restart_grace_s after the first.
+    for name in pids:
+        times = [datetime.fromisoformat(r["ts"]) for r in restarts if r["target"] == name]
+        assert (times[1] - times[0]).total_seconds() >= 0.5
+    # dagpg verify reports it.
+    result = checks.keeper(checks.KeeperObservation(rows=read_keepers(dagster_home.resolve())),
+                           now=datetime.now(UTC))
+    assert result.status == checks.FAIL
+    assert "gave up restarting DagsterDaemon (2 restarts in the last hour)" in result.detail
