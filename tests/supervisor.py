@@ -68,11 +68,13 @@ class Supervisor:
             ]
         return "\n".join(lines) + "\n"
 
-    def start(self) -> Supervisor:
+    def start(self, env: dict[str, str] | None = None) -> Supervisor:
+        """Start supervisord; `env` (e.g. the PostgreSQL password) reaches its programs through
+        its environment, never through its config file."""
         log = (self.root / "supervisord.out").open("ab")
         self.proc = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.config)],
                                      stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             answer = self.ctl("status")

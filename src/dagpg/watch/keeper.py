@@ -267,6 +267,8 @@ class Keeper:
             w.count = 0
             self.gave_up.pop(w.name, None)
             return
+        if self._in_grace(w):
+            return  # just (re)started: not judged yet, nothing to say
         w.count += 1
         need = self.cfg.failures_before_restart
         events.append(Event("finding", WARNING, f"{detail} ({min(w.count, need)} of {need} "
@@ -307,11 +309,6 @@ class Keeper:
                                     f"no sooner than {wait:g} s after it (backoff)",
                                     target=w.name))
                 return
-        if not self.once and now - self.started < grace:
-            events.append(Event("waiting", INFO, f"the keeper started {now - self.started:.0f} s "
-                                f"ago: services get {grace:g} s (dagpg.watch.restart_grace_s)",
-                                target=w.name))
-            return
         state = self.manager.status(w.name)
         if not state.running:
             events.append(Event("waiting", WARNING,
@@ -333,6 +330,14 @@ class Keeper:
                             f"{outcome}: {w.name} ({result.command}: {result.detail}; "
                             f"{result.elapsed_s:.1f} s), restart {len(restarts) + 1} of at most "
                             f"{budget} an hour", target=w.name, data=result.as_dict()))
+
+    def _in_grace(self, w: Watched) -> bool:
+        """A service gets restart_grace_s after the keeper starts (services start with it at
+        boot) and after the keeper restarts it, before a finding counts."""
+        now, grace = time.time(), self.cfg.restart_grace_s
+        if not self.once and now - self.started < grace:
+            return True
+        return w.last_restart is not None and now - w.last_restart < grace
 
     def _required_daemons(self) -> list[str] | None:
         if self._required is None and self._open_dagster() is not None:
