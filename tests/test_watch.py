@@ -259,3 +259,92 @@ def test_a_service_that_never_comes_back_is_restarted_at_most_the_budget(
                            now=datetime.now(UTC))
     assert result.status == checks.FAIL
     assert "gave up restarting DagsterDaemon (2 restarts in the last hour)" in result.detail
+
+
+# -- one keeper acts; the log; the loop -------------------------------------------------------
+
+def keeper_config(tmp_path: Path, supervisor: Supervisor, **extra) -> Path:
+    settings = dict(service_manager="supervisord",
+                    supervisorctl=str(Path(sys.executable).parent / "supervisorctl"),
+                    supervisor_config=str(supervisor.config), interval_s=0.2,
+                    restart_grace_s=3600, webserver_timeout_s=1, log_dir=str(tmp_path / "logs"))
+    return write_config(tmp_path / "watch.yml", **{**settings, **extra})
+
+
+def test_two_keepers_never_act_at_once(dagster_home, supervisor, tmp_path):
+    settings = load_settings(keeper_config(tmp_path, supervisor))
+    first = Keeper(settings, dagster_home=dagster_home.home)
+    second = Keeper(settings, dagster_home=dagster_home.home)
+    first.start()
+    second.start()
+    try:
+        assert first.run_pass().acting is True
+        standby = second.run_pass()
+        assert standby.acting is False and not standby.checks
+        assert [e.event for e in standby.events] == ["standby"]
+        assert standby.events[0].detail.startswith(
+            f"another keeper acts: keeper pid {os.getpid()} on {os.uname().nodename} "
+            "(database session ")
+        assert second.run_pass().events == []  # said once
+        first.close()  # its lock goes with its connection
+        assert second.run_pass().acting is True
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_log_rotates(dagster_home, supervisor, tmp_path):
+    settings = load_settings(keeper_config(tmp_path, supervisor, log_max_bytes=10_000,
+                                           log_backups=2, failures_before_restart=1000))
+    keeper = Keeper(settings, dagster_home=dagster_home.home, once=True)
+    keeper.start()
+    try:
+        for _ in range(30):  # each pass logs the silent webserver and the missing heartbeats
+            keeper.run_pass()
+    finally:
+        keeper.close()
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["watch.jsonl", "watch.jsonl.1", "watch.jsonl.2"]
+    assert all((tmp_path / "logs" / n).stat().st_size <= 12_000 for n in logs)
+    for name in logs:  # whole JSON lines in every file
+        jsonlog.read(tmp_path / "logs" / name)
+
+
+def test_watch_once_and_the_service_loop(dagster_home, supervisor, tmp_path):
+    config = keeper_config(tmp_path, supervisor, interval_s=1)
+    env = {"DAGPG_CONFIG": str(config), "DAGSTER_HOME": str(dagster_home.home)}
+    result = CliRunner().invoke(cli, ["watch", "--check"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"dagpg watch: keeper of {dagster_home.target.url()}")
+    assert lines[1] == (
+        "  daemon: every required daemon's heartbeat younger than 90 s; after 2 failed passes, "
+        f"at most 3 times an hour: {Path(sys.executable).parent / 'supervisorctl'} -c "
+        f"{supervisor.config} restart DagsterDaemon")
+    # --once: the "webserver" (sleep) does not answer: a finding, exit code 1, JSON lines.
+    result = CliRunner().invoke(cli, ["watch", "--once", "--json"], env=env)
+    assert result.exit_code == 1, result.output
+    events = [json.loads(line) for line in result.output.splitlines()]
+    assert {(e["event"], e["target"]) for e in events} >= {("finding", "DagsterWebserver"),
+                                                           ("finding", "DagsterDaemon")}
+    # The service: SIGTERM (a service stop) ends it after its pass, exit code 0.
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagpg"), "watch"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        log_path = tmp_path / "logs" / jsonlog.FILE_NAME
+        while time.monotonic() < deadline:
+            mine = [r for r in jsonlog.read(log_path) if r["pid"] == proc.pid]
+            if any((r["pass"] or 0) >= 2 for r in mine) or any(
+                    r["event"] == "startup" for r in mine):
+                break
+            time.sleep(0.2)
+        proc.send_signal(15)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert out.splitlines()[0].startswith("dagpg watch: keeper of ")
+    assert [r["event"] for r in jsonlog.read(log_path) if r["pid"] == proc.pid][-1] == "stop"
