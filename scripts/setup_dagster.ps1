@@ -10,15 +10,17 @@
       1. clone arcgispro-py3 into env\ and pip install the project into it
       2. DAGSTER_PG_PASSWORD (existing environment, else a secure prompt) stored machine-wide;
          DAGSTER_HOME checked; `dagpg db upgrade`
-      3. `dagpg render all --out deploy`; `servy-cli import` both services (--install)
+      3. `dagpg render all --out deploy`; `servy-cli import` the three services (--install):
+         the webserver, the daemon and the keeper (`dagpg watch`)
       4. deploy\iis\iis_setup.ps1 (ARR proxy, server variables, WebSocket feature, web.config)
       5. the nightly backup task (schtasks /Create /XML) and a first `dagpg backup`
-      6. start (or restart) the webserver, then the daemon
+      6. start (or restart) the webserver, then the daemon, then the keeper (after
+         `dagpg watch --check`: it can restart both through Servy)
       7. `dagster schedule start --start-all`
       8. `dagpg verify --public-url ...` against the installed services
 
     Paths, ports, service names and the URL prefix come from config\config.yml
-    (dagpg.windows, dagpg.webserver, dagpg.services): the script only calls conda, pip, dagpg,
+    (dagpg.windows, dagpg.webserver, dagpg.services, dagpg.watch): the script only calls conda, pip, dagpg,
     servy-cli, appcmd (through iis_setup.ps1), schtasks and dagster.
 
 .EXAMPLE
@@ -108,11 +110,11 @@ Invoke-Step 'Instance: PostgreSQL password, DAGSTER_HOME, dagpg db upgrade' {
     Invoke-Native $dagpg @('db', 'upgrade')
 }
 
-Invoke-Step 'Servy: render both services and import them' {
+Invoke-Step 'Servy: render the services (webserver, daemon, keeper) and import them' {
     Invoke-Native $dagpg @('render', 'all', '--out', $deploy)
     $logs = if ([IO.Path]::IsPathRooted($win.log_dir)) { $win.log_dir } else { Join-Path $ProjectRoot $win.log_dir }
     New-Item -ItemType Directory -Force -Path $logs | Out-Null
-    foreach ($name in @($services.webserver, $services.daemon)) {
+    foreach ($name in @($services.webserver, $services.daemon, $services.keeper)) {
         Invoke-Native 'servy-cli' @('import', '--config=xml', "--path=$deploy\servy\$name.xml", '--install')
     }
 }
@@ -128,8 +130,13 @@ Invoke-Step 'Nightly backup task (deploy\task\DagsterNightlyBackup.xml), and a f
     Invoke-Native $dagpg @('backup', '--if-older-than', '24')
 }
 
-Invoke-Step 'Start the webserver, then the daemon' {
-    foreach ($name in @($services.webserver, $services.daemon)) {
+Invoke-Step 'Start the webserver, then the daemon, then the keeper' {
+    # The keeper (dagpg watch) restarts the other two through servy-cli: check now that it can
+    # (servy-cli found, both services installed, this process elevated) before starting it last.
+    # It does not depend on them (a Servy restart stops dependent services too), so the order
+    # comes from here, and at boot from its delayed automatic start.
+    Invoke-Native $dagpg @('watch', '--check', '--service-manager', 'servy')
+    foreach ($name in @($services.webserver, $services.daemon, $services.keeper)) {
         $verb = if ((Get-Service $name).Status -eq 'Running') { 'restart' } else { 'start' }
         Invoke-Native 'servy-cli' @($verb, "--name=$name")
     }

@@ -78,7 +78,8 @@ def services(files, tmp_path) -> dict[str, servy.ServyService]:
 def test_servy_files_use_only_fields_servy_knows(files):
     assert list(servy.SERVY_FIELDS) == SERVY_KNOWN_FIELDS
     names = [rel for rel in files if rel.startswith("servy/")]
-    assert names == ["servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml"]
+    assert names == ["servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml",
+                     "servy/DagsterKeeper.xml"]
     for rel in names:
         root = ET.fromstring(files[rel])
         assert root.tag == "ServiceDto"
@@ -337,8 +338,10 @@ def test_render_all_writes_every_file(tmp_path):
     assert result.exit_code == 0, result.output
     written = {Path(r["path"]).relative_to(out).as_posix() for r in json.loads(result.output)}
     assert written == {"servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml",
-                       "iis/web.config", "iis/iis_setup.ps1", "nginx/dagster.conf",
-                       "nginx/nginx.conf", "task/DagsterNightlyBackup.xml"}
+                       "servy/DagsterKeeper.xml", "iis/web.config", "iis/iis_setup.ps1",
+                       "nginx/dagster.conf", "nginx/nginx.conf", "task/DagsterNightlyBackup.xml",
+                       "systemd/DagsterWebserver.service", "systemd/DagsterDaemon.service",
+                       "systemd/DagsterKeeper.service"}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == written
 
 
@@ -362,10 +365,11 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, webserver, messag
 def test_render_rejects_an_unknown_kind(tmp_path):
     result = CliRunner().invoke(cli, ["render", "docker", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "'docker' is not one of 'servy', 'iis', 'nginx', 'task', 'all'" in result.output
+    assert ("'docker' is not one of 'servy', 'iis', 'nginx', 'task', 'systemd', 'all'"
+            in result.output)
 
 
 def test_committed_config_renders(tmp_path):
     settings = load_settings(PROJECT_DIR / "config" / "config.yml", "prod")
     files = render_files(layout_from(settings))
-    assert len(files) == 7
+    assert len(files) == 11

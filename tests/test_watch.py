@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -348,3 +348,23 @@ def test_watch_once_and_the_service_loop(dagster_home, supervisor, tmp_path):
     assert proc.returncode == 0, out
     assert out.splitlines()[0].startswith("dagpg watch: keeper of ")
     assert [r["event"] for r in jsonlog.read(log_path) if r["pid"] == proc.pid][-1] == "stop"
+
+
+def test_verify_judges_the_keepers_heartbeat():
+    from dagpg.watch.store import KeeperRow
+
+    now = datetime.now(UTC)
+
+    def row(age_s: float, **state) -> KeeperRow:
+        return KeeperRow("gis-server", 4242, now, now - timedelta(seconds=age_s), 30.0, 9, state)
+
+    result = checks.keeper(checks.KeeperObservation(rows=[]), now=now)
+    assert result.status == checks.WARN and result.detail.startswith(
+        "no keeper has run against this instance")
+    assert checks.keeper(checks.KeeperObservation(rows=[row(89)]), now=now).detail == (
+        "the keeper on gis-server (pid 4242) passed 89 s ago (every 30 s)")
+    stale = checks.keeper(checks.KeeperObservation(rows=[row(91)]), now=now)
+    assert (stale.status, stale.detail) == (
+        checks.FAIL, "the keeper on gis-server (pid 4242) last passed 91 s ago (limit 3 x 30 s): "
+        "is the DagsterKeeper service running? see its log, reports/logs/watch.jsonl")
+    assert checks.keeper(None).status == checks.SKIP

@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from dagpg import pg
+from dagpg.cli import cli
 from dagpg.localdb import free_port
 from dagpg.watch import jsonlog
 from tests import pgharness, processes
@@ -239,6 +241,13 @@ def test_healthy_deployment_gets_no_action_and_a_lone_killed_worker_is_left_to_d
         cur.execute("SELECT passes, now() - last_pass_at FROM dagpg.keeper")
         passes, age = cur.fetchone()
     assert passes >= 10 and age.total_seconds() < 10
+    # dagpg verify sees the keeper's heartbeat.
+    result = CliRunner().invoke(cli, ["verify", "--json"], env={
+        "DAGSTER_HOME": str(stack.home), "DAGPG_CONFIG": str(stack.root / "config" / "config.yml"),
+        **stack.env})
+    keeper = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["keeper.heartbeat"]
+    assert keeper["status"] == "ok", keeper
+    assert keeper["detail"].endswith("(every 2 s)")
 
 
 def test_runs_killed_with_their_daemon_are_failed_and_the_queue_moves(stack):

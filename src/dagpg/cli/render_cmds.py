@@ -16,7 +16,7 @@ from dagpg.settings import load_settings
 
 
 @click.command("render")
-@click.argument("what", type=click.Choice([*KINDS, "all"]), metavar="servy|iis|nginx|task|all")
+@click.argument("what", type=click.Choice([*KINDS, "all"]), metavar="servy|iis|nginx|task|systemd|all")
 @click.option("--out", "out_dir", required=True, metavar="DIR",
               help="Folder to write into (created if needed); files go to DIR/<what>/.")
 @click.option("--config", "config_path", metavar="FILE", default=None,
@@ -29,11 +29,13 @@ from dagpg.settings import load_settings
 @dagster_home_option
 @json_option
 def render(what, out_dir, config_path, listen, server_name, dagster_home, as_json) -> None:
-    """Render deployment files from config.yml (dagpg.windows, dagpg.webserver, dagpg.services).
+    """Render deployment files from config.yml (dagpg.windows, dagpg.webserver, dagpg.services,
+    dagpg.systemd).
 
     servy: one Servy service file per service (import with `servy-cli import`); iis: web.config
     with the reverse-proxy rule and iis_setup.ps1 (appcmd); nginx: the same proxy for Linux;
-    task: the nightly `dagpg backup` as a Task Scheduler task. No file ever holds a password.
+    task: the nightly `dagpg backup` as a Task Scheduler task; systemd: the webserver, the
+    daemon and the keeper as systemd units (Linux). No file ever holds a password.
 
     \b
     Example:

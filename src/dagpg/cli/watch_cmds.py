@@ -7,7 +7,7 @@ import json
 import click
 
 from dagpg.cli.options import dagster_home_option, json_option
-from dagpg.settings import load_settings
+from dagpg.settings import SERVICE_MANAGERS, load_settings
 from dagpg.watch import watch as run_watch
 
 
@@ -18,9 +18,12 @@ from dagpg.watch import watch as run_watch
 @click.option("--check", "check_only", is_flag=True,
               help="Only the startup checks (service manager, service names, permission, "
                    "password, log folder): print what it would watch and exit.")
+@click.option("--service-manager", type=click.Choice(SERVICE_MANAGERS), default=None,
+              help="How to restart services. Default: dagpg.watch.service_manager "
+                   "(the rendered Servy and systemd services pass theirs).")
 @dagster_home_option
 @json_option
-def watch(once, check_only, dagster_home, as_json) -> None:
+def watch(once, check_only, service_manager, dagster_home, as_json) -> None:
     """Keep the deployment running: restart a hung daemon or a silent webserver, end runs
     orphaned by a reboot.
 
@@ -58,6 +61,6 @@ def watch(once, check_only, dagster_home, as_json) -> None:
             click.echo(f"{event.level.upper():<7} {event.event}{target} {event.detail}")
 
     last = run_watch(settings, dagster_home=dagster_home, once=once, check_only=check_only,
-                     on_start=on_start, on_event=on_event)
+                     service_manager=service_manager, on_start=on_start, on_event=on_event)
     if once and last is not None and not last.ok:
         raise SystemExit(1)

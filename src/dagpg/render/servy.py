@@ -24,6 +24,7 @@ from typing import Any
 
 from dagpg.render.errors import RenderError, ServyConfigError
 from dagpg.render.layout import Layout
+from dagpg.render.units import units
 
 SERVY_VERSION_CHECKED = "10.4"
 ROOT_ELEMENT = "ServiceDto"
@@ -49,6 +50,7 @@ SERVY_FIELDS: tuple[str, ...] = (
 
 # Enums as Servy stores them (Servy.Core.Enums; wiki tables StartupType, DateRotationType, ...).
 STARTUP_AUTOMATIC = 2
+STARTUP_DELAYED = 5  # AutomaticDelayedStart (src/Servy.Core/Enums/ServiceStartType.cs)
 DATE_ROTATION_DAILY = 0
 RECOVERY_RESTART_SERVICE = 1
 
@@ -255,41 +257,26 @@ STOP_TIMEOUT_S = 30
 
 
 def render_services(layout: Layout) -> dict[str, bytes]:
-    """The two Servy service files, keyed by file name (`<ServiceName>.xml`)."""
+    """One Servy service file per service of `units.units` (`<ServiceName>.xml`)."""
     try:
         env = encode_environment(layout.service_environment)
     except ValueError as exc:
         raise RenderError(f"cannot encode the services' environment: {exc}") from None
-    workspace = f'-w "{layout.workspace}"'
-    web_args = f"{workspace} -h {layout.host} -p {layout.port}"
-    if layout.path_prefix:
-        web_args += f" --path-prefix {layout.path_prefix}"
-    services = {
-        layout.webserver_name: dict(
-            DisplayName="Dagster Webserver",
-            Description="Dagster web UI for the ArcPy orchestration project "
-                        f"({layout.host} only; published by IIS). Rendered by dagpg render.",
-            ExecutablePath=layout.script("dagster-webserver"),
-            Parameters=web_args, stem="dagster_webserver", deps=None),
-        layout.daemon_name: dict(
-            DisplayName="Dagster Daemon",
-            Description="Dagster schedule and sensor daemon for the ArcPy orchestration "
-                        "project. Rendered by dagpg render.",
-            ExecutablePath=layout.script("dagster-daemon"),
-            Parameters=f"run {workspace}", stem="dagster_daemon", deps=layout.webserver_name),
-    }
     files = {}
-    for name, spec in services.items():
+    for unit in units(layout.settings, workspace=str(layout.workspace),
+                      quote=lambda path: f'"{path}"', service_manager="servy"):
         fields = {
-            "Name": name,
-            "DisplayName": spec["DisplayName"],
-            "Description": spec["Description"],
-            "ExecutablePath": spec["ExecutablePath"],
+            "Name": unit.name,
+            "DisplayName": unit.display_name,
+            "Description": f"{unit.description} Rendered by dagpg render.",
+            "ExecutablePath": layout.script(unit.program),
             "StartupDirectory": layout.root,
-            "Parameters": spec["Parameters"],
-            "StartupType": STARTUP_AUTOMATIC,
-            "StdoutPath": layout.log_dir / f"{spec['stem']}_stdout.log",
-            "StderrPath": layout.log_dir / f"{spec['stem']}_stderr.log",
+            "Parameters": " ".join(unit.args),
+            # The keeper starts after the other two at boot (delayed automatic start; it must
+            # not depend on them, see units.py); setup_dagster.ps1 starts it last.
+            "StartupType": STARTUP_DELAYED if unit.start_delayed else STARTUP_AUTOMATIC,
+            "StdoutPath": layout.log_dir / f"{unit.log_stem}_stdout.log",
+            "StderrPath": layout.log_dir / f"{unit.log_stem}_stderr.log",
             "StopTimeout": STOP_TIMEOUT_S,
             "EnableConsoleUI": False,
             "EnableSizeRotation": False,
@@ -305,7 +292,7 @@ def render_services(layout: Layout) -> dict[str, bytes]:
             "RecoveryAction": RECOVERY_RESTART_SERVICE,
             "MaxRestartAttempts": MAX_RESTART_ATTEMPTS,
             "EnvironmentVariables": env,
-            "ServiceDependencies": spec["deps"],
+            "ServiceDependencies": ";".join(unit.depends_on) or None,
         }
-        files[f"{name}.xml"] = service_xml(fields)
+        files[f"{unit.name}.xml"] = service_xml(fields)
     return files
