@@ -38,8 +38,8 @@ def write_config(path: Path, **watch) -> Path:
 
 @pytest.fixture
 def supervisor(tmp_path):
-    sup = Supervisor(tmp_path / "sv", {"DagsterDaemon": Program(SLEEP),
-                                       "DagsterWebserver": Program(SLEEP),
+    sup = Supervisor(tmp_path / "sv", {"DagsterDaemon": Program(SLEEP, startsecs=0),
+                                       "DagsterWebserver": Program(SLEEP, startsecs=0),
                                        "Stopped": Program(SLEEP, autostart=False)})
     sup.start()
     try:
@@ -204,6 +204,18 @@ def test_bad_configuration_is_one_line_and_exit_2(dagster_home, supervisor, tmp_
     code, out = watch_check(write_config(tmp_path / "d.yml", service_manager="systemd",
                                          systemctl="/nonexistent/systemctl"), dagster_home)
     assert (code, len(out.splitlines())) == (2, 1) and "systemctl not found" in out
+
+
+def test_a_database_without_the_keepers_tables_is_refused(empty_dagster_home, supervisor,
+                                                         tmp_path):
+    config = write_config(tmp_path / "e.yml", service_manager="supervisord",
+                          supervisorctl=str(Path(sys.executable).parent / "supervisorctl"),
+                          supervisor_config=str(supervisor.config),
+                          log_dir=str(tmp_path / "logs"))
+    code, out = watch_check(config, empty_dagster_home)
+    assert (code, out) == (2, "Error: the keeper's tables are missing in "
+                              f"{empty_dagster_home.target.url()} (dagpg schema not at head): "
+                              "run `dagpg db upgrade`\n")
 
 
 # -- the restart budget -----------------------------------------------------------------------

@@ -15,16 +15,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagpg import schema
-from dagpg.errors import ConfigurationError, DagpgError
+from dagpg.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DagpgError,
+    DatabaseUnavailableError,
+)
 from dagpg.instance import Instance, resolve_instance
 from dagpg.services import ServiceManager, manager_for
 from dagpg.settings import KitSettings
 from dagpg.verify import checks
 from dagpg.verify.runner import default_webserver_url, heartbeat_check, webserver_check
 from dagpg.verify.services import CURRENT_ENVIRONMENT, DAEMON, WEBSERVER, ServiceHome
+from dagpg.verify.webserver import BaseUrl
 from dagpg.watch import orphans, procs
+from dagpg.watch.errors import WatchConfigurationError
 from dagpg.watch.jsonlog import JsonLog
-from dagpg.watch.store import Store, this_host
+from dagpg.watch.store import Store, read_keepers, this_host
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +138,8 @@ class Keeper:
                            max_bytes=self.cfg.log_max_bytes, backups=self.cfg.log_backups)
         self.store = Store(self.instance, timeout=min(self.cfg.webserver_timeout_s, 10))
         self.web_url = default_webserver_url(self.settings)
+        BaseUrl.parse(self.web_url, option="dagpg.webserver in config.yml")
+        self._require_keeper_tables()
         self.watched = {
             DAEMON: Watched(
                 DAEMON, names.daemon,
@@ -162,6 +171,21 @@ class Keeper:
                                              for w in self.watched.values()}}))
         return lines
 
+    def _require_keeper_tables(self) -> None:
+        """The keeper's tables come with `dagpg db upgrade`; a database that is down now is
+        not a configuration error (PostgreSQL may start after the keeper at boot)."""
+        try:
+            read_keepers(self.instance, timeout=self.store.timeout, host=this_host())
+        except AuthenticationError:
+            raise
+        except DatabaseUnavailableError:
+            return
+        except DagpgError as exc:
+            if "does not exist" in str(exc):
+                raise WatchConfigurationError(
+                    f"the keeper's tables are missing in {self.instance.target.url()} (dagpg "
+                    "schema not at head): run `dagpg db upgrade`") from None
+
     def _restore_state(self) -> None:
         """Consecutive findings survive a restart of the keeper (and `--once` runs) when its
         last pass on this host is recent."""
@@ -178,10 +202,20 @@ class Keeper:
     # -- a pass ------------------------------------------------------------------------
 
     def run_pass(self) -> PassResult:
+        """One pass. Never raises for what it finds: a failure of its own is an error event."""
         began = time.monotonic()
         self.passes += 1
         events: list[Event] = []
         results: list[checks.CheckResult] = []
+        try:
+            return self._pass(began, events, results)
+        except Exception as exc:  # noqa: BLE001  (the keeper must outlive its own bugs)
+            log.warning("pass %d failed", self.passes, exc_info=True)
+            events.append(Event("error", ERROR, f"the pass failed: {type(exc).__name__}: "
+                                f"{_first_line(exc)}; the next pass tries again"))
+            return self._finish(began, events, results)
+
+    def _pass(self, began: float, events: list[Event], results: list) -> PassResult:
         try:
             self.acting = self.store.hold_lock()
             if self._db_down:
@@ -235,9 +269,15 @@ class Keeper:
     def _judge_daemon(self, events: list[Event]) -> checks.CheckResult:
         w = self.watched[DAEMON]
         daemon = ServiceHome(DAEMON, w.name, CURRENT_ENVIRONMENT, str(self.instance.home))
+        try:
+            required = self._required_daemons()
+        except DagpgError as exc:
+            events.append(Event("finding", ERROR, f"{exc}; the daemon cannot be judged",
+                                target=w.name))
+            return checks.CheckResult("daemon.heartbeats", "Daemon heartbeats", checks.SKIP,
+                                      str(exc))
         result, db = heartbeat_check(self.instance, daemon, max_age_s=self.cfg.heartbeat_max_age_s,
-                                     timeout=self.cfg.webserver_timeout_s,
-                                     required=self._required_daemons())
+                                     timeout=self.cfg.webserver_timeout_s, required=required)
         if result.status == checks.SKIP or result.data.get("ages_s") is None:
             return result  # the database or Dagster's list is missing: nothing to judge
         self._judge(w, result.status == checks.FAIL, result.detail, result.data, events)
@@ -422,7 +462,7 @@ class Keeper:
         self.emit(event)
 
     def close(self) -> None:
-        if self.log:
+        if self.log and self.passes:
             self._write(Event("stop", INFO, f"keeper stopped after {self.passes} passes"))
         if self.store:
             self.store.release()

@@ -8,6 +8,7 @@ keeper then takes over at its next pass.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg2
+
 from dagpg import pg
-from dagpg.errors import DagpgError
+from dagpg.errors import DagpgError, DatabaseError
 from dagpg.instance import Instance
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,21 @@ LOCK_KEY = 7_160_011  # beside schema.py's 7_160_001, migrate's _004 and backup'
 KEEPER_TABLE = "dagpg.keeper"
 ACTIONS_TABLE = "dagpg.keeper_actions"
 STALE_AFTER_INTERVALS = 3  # `dagpg verify`: a keeper silent for 3 intervals has stopped
+
+
+def _database_errors(method):
+    """psycopg2's errors (a dropped connection, a missing table) as one-line DatabaseErrors:
+    the keeper reports them as findings and tries again next pass."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except psycopg2.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if "dagpg.keeper" in first:
+                first += "; run `dagpg db upgrade`"
+            raise DatabaseError(first) from None
+    return wrapper
 
 
 def this_host() -> str:
@@ -63,6 +81,7 @@ class Store:
 
     # -- the lock ----------------------------------------------------------------------
 
+    @_database_errors
     def hold_lock(self) -> bool:
         """True while this process holds the keeper lock (taken now if free)."""
         if self._lock_conn is not None:
@@ -82,6 +101,7 @@ class Store:
         conn.close()
         return False
 
+    @_database_errors
     def lock_holder(self) -> str:
         """Who holds the lock, as PostgreSQL sees it (for the standby message)."""
         with pg.connection(self.instance.target, retries=0, timeout=self.timeout) as conn, \
@@ -118,6 +138,7 @@ class Store:
         rows = read_keepers(self.instance, timeout=self.timeout, host=self.host)
         return rows[0] if rows else None
 
+    @_database_errors
     def save_row(self, *, started_at: datetime, interval_s: float, passes: int,
                  state: dict[str, Any]) -> None:
         with pg.connection(self.instance.target, retries=0, timeout=self.timeout) as conn, \
@@ -135,6 +156,7 @@ class Store:
 
     # -- actions -----------------------------------------------------------------------
 
+    @_database_errors
     def record_action(self, kind: str, target: str, ok: bool, detail: dict[str, Any]) -> None:
         with pg.connection(self.instance.target, retries=1, timeout=self.timeout) as conn, \
                 conn.cursor() as cur:
@@ -142,6 +164,7 @@ class Store:
                         "VALUES (%s, %s, %s, %s, %s)",
                         (self.host, kind, target, ok, json.dumps(detail, default=str)))
 
+    @_database_errors
     def restarts_since(self, service: str, since: datetime) -> list[datetime]:
         """When `service` was restarted (attempts, failed ones too) since `since`, oldest
         first."""
@@ -152,6 +175,7 @@ class Store:
             return [row[0].astimezone(UTC) for row in cur.fetchall()]
 
 
+@_database_errors
 def read_keepers(instance: Instance, *, timeout: float = 5.0, host: str | None = None
                  ) -> list[KeeperRow]:
     """Keeper rows, newest pass first (only `host`'s when given). Empty when none ever ran."""
