@@ -62,12 +62,26 @@ def test_a_pid_is_the_worker_only_while_that_process_lives():
         assert abs(procs.started_at(child.pid) - named_at) < 30
         # An event older than the process: the id was reused by a younger process.
         assert procs.identity(child.pid, named_at - 60) == procs.GONE
+        assert procs.identity(child.pid, named_at - procs.CLOCK_SLACK_S + 5) == procs.ALIVE
     finally:
         child.kill()
-    assert procs.identity(child.pid, named_at) == procs.ALIVE  # a zombie until reaped?
     child.wait()
     assert procs.identity(child.pid, named_at) == procs.GONE
     assert procs.boot_time() < procs.started_at(os.getpid()) <= time.time()
+
+
+def test_a_pid_that_is_not_python_is_not_a_run_worker():
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while procs.is_python(child.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert procs.is_python(child.pid) is False
+        assert procs.identity(child.pid, time.time()) == procs.GONE
+        assert procs.is_python(os.getpid()) is True
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_zombie_counts_as_gone():

@@ -2,8 +2,12 @@
 
 A run worker's process id comes from the run's events; when the worker is gone the id may
 already belong to another process. So a pid counts as the run's worker only while a process
-with that id exists and started no later than the event that named it (plus CLOCK_SLACK_S,
-the precision of the boot time the start is computed from).
+with that id exists, is a Python interpreter (every run worker is), and started no later than
+the event that named it, plus CLOCK_SLACK_S. The slack is wide on purpose: start times are
+computed from the boot time, and a wall clock stepped forward after the worker started would
+otherwise make a live worker look younger than its own event, and the keeper must never fail a
+live run. (A reused id that also belongs to a Python process started within the slack is
+missed: that run stays until the process exits, the next pass after that ends it.)
 
 Linux: /proc/<pid>/stat field 22 (start time in clock ticks after boot) plus btime from
 /proc/stat; a zombie counts as gone. Windows and macOS: psutil (Process.create_time(),
@@ -17,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-CLOCK_SLACK_S = 2.0
+CLOCK_SLACK_S = 30.0
 GONE, ALIVE, UNKNOWN = "gone", "alive", "unknown"
 
 
@@ -61,14 +65,28 @@ def started_at(pid: int) -> float | None:
         return None
 
 
+def is_python(pid: int) -> bool | None:
+    """Whether process `pid` runs a Python interpreter; None when that cannot be read."""
+    try:
+        if sys.platform.startswith("linux"):
+            name = Path(os.readlink(f"/proc/{pid}/exe")).name
+        else:
+            import psutil
+
+            name = psutil.Process(pid).name()
+    except Exception:  # noqa: BLE001  (gone meanwhile, no permission, no psutil)
+        return None
+    return name.lower().startswith(("python", "pythonw"))
+
+
 def identity(pid: int, named_at: float) -> str:
     """ALIVE when `pid` is the process an event named at `named_at` (epoch seconds), GONE when
-    no such process runs or the id now belongs to a younger process, UNKNOWN when this platform
-    cannot tell."""
+    no such process runs or the id now belongs to another program or a younger process,
+    UNKNOWN when this platform cannot tell."""
     try:
         start = started_at(pid)
     except LookupError:
         return UNKNOWN
-    if start is None or start > named_at + CLOCK_SLACK_S:
+    if start is None or start > named_at + CLOCK_SLACK_S or is_python(pid) is False:
         return GONE
     return ALIVE
