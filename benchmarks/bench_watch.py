@@ -101,6 +101,8 @@ def main() -> None:
         required = instance.get_required_daemon_types()
         processes.wait_for(lambda: all(heartbeats(target).get(t, 0) > time.time() - 60
                                        for t in required), 300, "fresh heartbeats")
+        processes.wait_for(lambda: processes.http_json(f"http://127.0.0.1:{port}/server_info"),
+                           300, "the webserver")
         log = work / "logs" / jsonlog.FILE_NAME
 
         healthy_from = time.time()

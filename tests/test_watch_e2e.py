@@ -94,7 +94,8 @@ def stack(pg_server, template_database, tmp_path_factory):
 """, encoding="utf-8")
     marker = root / "schedule-marker"
     base_env = {"DAGSTER_HOME": str(home), "WATCH_TEST_MARKER": str(marker),
-                "DAGPG_CONFIG": str(config), "PROJECT_ENV": "dev"}
+                "WATCH_TEST_SENSOR_DIR": str(root / "sensor"), "DAGPG_CONFIG": str(config),
+                "PROJECT_ENV": "dev"}
     programs = {
         "DagsterWebserver": Program(f"{BIN / 'dagster-webserver'} -w {workspace} "
                                     f"-h 127.0.0.1 -p {port}", environment=base_env),
@@ -281,6 +282,11 @@ def test_runs_killed_with_their_daemon_are_failed_and_the_queue_moves(stack):
     assert not (info.active_run_ids & set(runs))
     # The restarted daemon dequeues the waiting run, whose step gets a pool slot.
     assert wait_status(stack, queued, {"SUCCESS", "FAILURE"}, timeout=180) == "SUCCESS"
+    # A run-failure sensor (run by the restarted daemon) sees both failures.
+    seen = processes.wait_for(lambda: {p.name for p in (stack.root / "sensor").glob("*")}
+                              >= set(runs) and True, 120, "the run-failure sensor")
+    assert seen
+    assert (stack.root / "sensor" / runs[0]).read_text().startswith("[dagpg watch] Its run")
     done = actions(stack, since)
     assert sorted((a["event"], a["target"]) for a in done) == sorted(
         ("action", r) for r in runs)

@@ -1,6 +1,7 @@
 """Definitions for the keeper's end-to-end tests (tests/test_watch_e2e.py): a job that naps for
-as long as it is told (in pool `keeper_pool`), and a schedule that fires every minute while the
-file $WATCH_TEST_MARKER exists. Loaded by dagster-webserver/daemon, not collected by pytest.
+as long as it is told (in pool `keeper_pool`), a schedule that fires every minute while the
+file $WATCH_TEST_MARKER exists, and a run-failure sensor that leaves a file named after each
+failed run in $WATCH_TEST_SENSOR_DIR. Loaded by dagster-webserver/daemon, not by pytest.
 """
 
 import os
@@ -30,4 +31,13 @@ def every_minute(context):
     return dg.RunRequest(run_config={"ops": {"nap": {"config": {"seconds": 0.1}}}})
 
 
-defs = dg.Definitions(jobs=[nap_job], schedules=[every_minute])
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING,
+                       minimum_interval_seconds=5)
+def failures_seen(context: dg.RunFailureSensorContext):
+    folder = os.environ.get("WATCH_TEST_SENSOR_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / context.dagster_run.run_id).write_text(context.failure_event.message or "")
+
+
+defs = dg.Definitions(jobs=[nap_job], schedules=[every_minute], sensors=[failures_seen])
