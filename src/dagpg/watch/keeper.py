@@ -10,8 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from dagpg import schema
@@ -28,70 +27,14 @@ from dagpg.verify import checks
 from dagpg.verify.runner import default_webserver_url, heartbeat_check, webserver_check
 from dagpg.verify.services import CURRENT_ENVIRONMENT, DAEMON, WEBSERVER, ServiceHome
 from dagpg.verify.webserver import BaseUrl
-from dagpg.watch import orphans, procs
+from dagpg.watch import orphans
 from dagpg.watch.errors import WatchConfigurationError
+from dagpg.watch.events import ERROR, INFO, WARNING, Event, PassResult, first_line
 from dagpg.watch.jsonlog import JsonLog
+from dagpg.watch.restarts import Restarts, Watched
 from dagpg.watch.store import Store, read_keepers, this_host
 
 log = logging.getLogger(__name__)
-
-INFO, WARNING, ERROR = "info", "warning", "error"
-HOUR = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One line of the keeper's log: a finding, an action, or what it is doing."""
-
-    event: str  # startup | finding | waiting | action | gave_up | recovered | standby | ...
-    level: str
-    detail: str
-    target: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"level": self.level, "event": self.event, "target": self.target,
-               "detail": self.detail}
-        if self.data:
-            out["data"] = self.data
-        return out
-
-
-@dataclass
-class PassResult:
-    number: int
-    acting: bool
-    events: list[Event]
-    checks: list[checks.CheckResult]
-    elapsed_s: float = 0.0
-
-    @property
-    def actions(self) -> list[Event]:
-        return [e for e in self.events if e.event == "action"]
-
-    @property
-    def ok(self) -> bool:
-        """Nothing left wrong: no error, and every finding was acted on successfully."""
-        if any(e.level == ERROR for e in self.events):
-            return False
-        acted = {e.target for e in self.actions}
-        return all(e.target in acted for e in self.events if e.event == "finding")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"pass": self.number, "acting": self.acting, "ok": self.ok,
-                "elapsed_s": round(self.elapsed_s, 3),
-                "checks": [c.as_dict() for c in self.checks],
-                "events": [e.as_dict() for e in self.events]}
-
-
-@dataclass
-class Watched:
-    role: str  # daemon | webserver
-    name: str  # the service's name for the manager
-    what: str  # what is judged, for the startup description
-    restart: str  # the command that restarts it
-    count: int = 0  # consecutive passes with a finding
-    last_restart: float | None = None
 
 
 class Keeper:
@@ -113,16 +56,14 @@ class Keeper:
         self.store: Store | None = None
         self.log: JsonLog | None = None
         self.watched: dict[str, Watched] = {}
-        self.started = time.time()
+        self.restarts: Restarts | None = None
         self.started_at = datetime.now(UTC)
         self.passes = 0
         self.acting = False
-        self.gave_up: dict[str, dict[str, Any]] = {}
         self._stack = contextlib.ExitStack()
         self._dagster = None
-        self._finder: orphans.OrphanFinder | None = None
+        self._orphans: orphans.OrphanHandler | None = None
         self._required: list[str] | None = None
-        self._gone_since: dict[str, float] = {}
         self._last_standby: str | None = None
         self._db_down = False
 
@@ -140,6 +81,7 @@ class Keeper:
         self.web_url = default_webserver_url(self.settings)
         BaseUrl.parse(self.web_url, option="dagpg.webserver in config.yml")
         self._require_keeper_tables()
+        self.restarts = Restarts(self.cfg, self.store, self.manager, once=self.once)
         self.watched = {
             DAEMON: Watched(
                 DAEMON, names.daemon,
@@ -212,7 +154,7 @@ class Keeper:
         except Exception as exc:  # noqa: BLE001  (the keeper must outlive its own bugs)
             log.warning("pass %d failed", self.passes, exc_info=True)
             events.append(Event("error", ERROR, f"the pass failed: {type(exc).__name__}: "
-                                f"{_first_line(exc)}; the next pass tries again"))
+                                f"{first_line(exc)}; the next pass tries again"))
             return self._finish(began, events, results)
 
     def _pass(self, began: float, events: list[Event], results: list) -> PassResult:
@@ -239,7 +181,12 @@ class Keeper:
 
         results.append(self._judge_daemon(events))
         results.append(self._judge_webserver(events))
-        self._handle_orphans(events)
+        try:
+            self._open_dagster()
+        except DagpgError as exc:
+            events.append(Event("finding", ERROR, str(exc), target="runs"))
+        else:
+            self._orphans.handle(events)
         try:
             self.store.save_row(started_at=self.started_at, interval_s=self.cfg.interval_s,
                                 passes=self.passes, state=self._state())
@@ -257,6 +204,11 @@ class Keeper:
     def _state(self) -> dict[str, Any]:
         return {"counts": {r: w.count for r, w in self.watched.items()},
                 "gave_up": self.gave_up}
+
+    @property
+    def gave_up(self) -> dict[str, dict[str, Any]]:
+        """Services the keeper stopped restarting (its budget is spent)."""
+        return self.restarts.gave_up if self.restarts else {}
 
     def _holder(self) -> str:
         try:
@@ -280,7 +232,7 @@ class Keeper:
                                      timeout=self.cfg.webserver_timeout_s, required=required)
         if result.status == checks.SKIP or result.data.get("ages_s") is None:
             return result  # the database or Dagster's list is missing: nothing to judge
-        self._judge(w, result.status == checks.FAIL, result.detail, result.data, events)
+        self.restarts.judge(w, result.status == checks.FAIL, result.detail, result.data, events)
         return result
 
     def _judge_webserver(self, events: list[Event]) -> checks.CheckResult:
@@ -294,164 +246,32 @@ class Keeper:
             events.append(Event("finding", WARNING, result.detail, target=w.name))
             w.count = 0
             return result
-        self._judge(w, unanswered, result.detail, {"url": f"{self.web_url}/server_info"},
-                    events)
+        self.restarts.judge(w, unanswered, result.detail, {"url": f"{self.web_url}/server_info"},
+                            events)
         return result
-
-    def _judge(self, w: Watched, failing: bool, detail: str, data: dict[str, Any],
-               events: list[Event]) -> None:
-        if not failing:
-            if w.count or w.name in self.gave_up:
-                events.append(Event("recovered", INFO, f"{w.role} healthy again: {detail}",
-                                    target=w.name))
-            w.count = 0
-            self.gave_up.pop(w.name, None)
-            return
-        if self._in_grace(w):
-            return  # just (re)started: not judged yet, nothing to say
-        w.count += 1
-        need = self.cfg.failures_before_restart
-        events.append(Event("finding", WARNING, f"{detail} ({min(w.count, need)} of {need} "
-                            "passes)", target=w.name, data=data))
-        if w.count < need:
-            return
-        self._maybe_restart(w, events)
-
-    def _maybe_restart(self, w: Watched, events: list[Event]) -> None:
-        now = time.time()
-        try:
-            restarts = [t.timestamp() for t in self.store.restarts_since(
-                w.name, datetime.now(UTC) - HOUR)]
-        except DagpgError as exc:
-            events.append(Event("finding", ERROR, f"cannot read the restart budget: {exc}",
-                                target=w.name))
-            return
-        if restarts:
-            w.last_restart = max(restarts[-1], w.last_restart or 0)
-        budget = self.cfg.max_restarts_per_hour
-        if len(restarts) >= budget:
-            if w.name not in self.gave_up:
-                self.gave_up[w.name] = {"since": datetime.now(UTC).isoformat(),
-                                        "restarts": len(restarts)}
-                events.append(Event(
-                    "gave_up", ERROR,
-                    f"{w.name} restarted {len(restarts)} times in the last hour "
-                    f"(dagpg.watch.max_restarts_per_hour: {budget}) and still fails: the keeper "
-                    "stops restarting it; find the cause in its log, fix it, restart it by hand",
-                    target=w.name, data={"restarts": len(restarts)}))
-            return
-        grace = self.cfg.restart_grace_s
-        if w.last_restart is not None:
-            wait = grace * 2 ** (len(restarts) - 1) if restarts else grace
-            if now - w.last_restart < wait:
-                events.append(Event("waiting", INFO,
-                                    f"restarted {now - w.last_restart:.0f} s ago; next restart "
-                                    f"no sooner than {wait:g} s after it (backoff)",
-                                    target=w.name))
-                return
-        state = self.manager.status(w.name)
-        if not state.running:
-            events.append(Event("waiting", WARNING,
-                                f"{w.name} is {state.status} ({state.detail}): the keeper "
-                                "restarts only running services (a stopped one was stopped on "
-                                "purpose, a crashed one is restarted by the service manager)",
-                                target=w.name))
-            return
-        result = self.manager.restart(w.name)
-        w.last_restart = time.time()
-        w.count = 0
-        try:
-            self.store.record_action("restart", w.name, result.ok, result.as_dict())
-        except DagpgError as exc:
-            log.warning("could not record the restart of %s: %s", w.name, exc)
-        level = INFO if result.ok else ERROR
-        outcome = "restarted" if result.ok else "restart FAILED"
-        events.append(Event("action", level,
-                            f"{outcome}: {w.name} ({result.command}: {result.detail}; "
-                            f"{result.elapsed_s:.1f} s), restart {len(restarts) + 1} of at most "
-                            f"{budget} an hour", target=w.name, data=result.as_dict()))
-
-    def _in_grace(self, w: Watched) -> bool:
-        """A service gets restart_grace_s after the keeper starts (services start with it at
-        boot) and after the keeper restarts it, before a finding counts."""
-        now, grace = time.time(), self.cfg.restart_grace_s
-        if not self.once and now - self.started < grace:
-            return True
-        return w.last_restart is not None and now - w.last_restart < grace
 
     def _required_daemons(self) -> list[str] | None:
         if self._required is None and self._open_dagster() is not None:
             self._required = list(self._dagster.get_required_daemon_types())
         return self._required
 
-    # -- orphaned runs -----------------------------------------------------------------
+    # -- Dagster -----------------------------------------------------------------
 
     def _open_dagster(self):
         if self._dagster is None:
             try:
                 self._dagster = self._stack.enter_context(
                     schema.open_dagster_instance(self.instance))
-                self._finder = orphans.OrphanFinder(
+                finder = orphans.OrphanFinder(
                     self._dagster, starting_timeout_s=self.cfg.starting_timeout_s)
+                self._orphans = orphans.OrphanHandler(
+                    finder, self._dagster, self.store, settle_s=self.cfg.orphan_settle_s,
+                    sleep=self.sleep)
             except Exception as exc:  # noqa: BLE001  (Dagster's own errors: a finding)
                 log.debug("opening the Dagster instance failed", exc_info=True)
                 raise ConfigurationError(f"Dagster cannot open {self.instance.yaml_path}: "
-                                         f"{_first_line(exc)}") from None
+                                         f"{first_line(exc)}") from None
         return self._dagster
-
-    def _handle_orphans(self, events: list[Event]) -> None:
-        try:
-            self._open_dagster()
-            found = self._finder.find()
-        except DagpgError as exc:
-            events.append(Event("finding", ERROR, str(exc), target="runs"))
-            return
-        except Exception as exc:  # noqa: BLE001  (a storage hiccup: try again next pass)
-            log.debug("reading runs failed", exc_info=True)
-            events.append(Event("finding", ERROR, f"reading runs failed: {_first_line(exc)}",
-                                target="runs"))
-            return
-        now = time.time()
-        live = {o.run_id for o in found}
-        self._gone_since = {k: v for k, v in self._gone_since.items() if k in live}
-        settling = [o for o in found if not o.before_boot]
-        for o in settling:
-            self._gone_since.setdefault(o.run_id, now)
-        if settling:
-            # Dagster's code server fails a run whose worker died alone within about a second;
-            # give it orphan_settle_s from when the keeper first saw the worker gone.
-            wait = max(self._gone_since[o.run_id] for o in settling) + self.cfg.orphan_settle_s
-            if wait > time.time():
-                self.sleep(wait - time.time())
-        for o in found:
-            self._end(o, events)
-
-    def _end(self, o: orphans.Orphan, events: list[Event]) -> None:
-        if not self._finder.still_active(o.run_id):
-            return  # Dagster ended it meanwhile (its code server saw the worker die)
-        worker = self._finder.worker(o.run_id)
-        if worker.reported_by_dagster:
-            return
-        if not o.before_boot and worker.pid is not None and \
-                procs.identity(worker.pid, worker.named_at) != procs.GONE:
-            return
-        who = f"dagpg watch, pid {self.store.pid} on {this_host()}"
-        try:
-            status = orphans.end_run(self._dagster, o, who=who)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("ending run %s failed", o.run_id, exc_info=True)
-            events.append(Event("action", ERROR, f"could not end run {o.run_id}: "
-                                f"{_first_line(exc)}", target=o.run_id, data=o.as_dict()))
-            return
-        kind = "cancel_run" if status == "CANCELED" else "fail_run"
-        try:
-            self.store.record_action(kind, o.run_id, True, o.as_dict())
-        except DagpgError as exc:
-            log.warning("could not record ending run %s: %s", o.run_id, exc)
-        self._gone_since.pop(o.run_id, None)
-        events.append(Event("action", INFO, f"run {o.run_id} ({o.job_name}, {o.status}) marked "
-                            f"{status}: {o.reason}", target=o.run_id,
-                            data={**o.as_dict(), "now": status}))
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -470,7 +290,3 @@ class Keeper:
         if self.log:
             self.log.close()
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -22,7 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dagpg.errors import DagpgError
 from dagpg.watch import procs
+from dagpg.watch.events import ERROR, INFO, Event, first_line
+from dagpg.watch.store import this_host
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -190,3 +193,71 @@ def _clock(ts: float | None) -> str:
     if ts is None:
         return "?"
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+class OrphanHandler:
+    """Ends the runs an OrphanFinder finds, once Dagster has had `settle_s` to do it itself."""
+
+    def __init__(self, finder: OrphanFinder, instance: DagsterInstance, store, *, settle_s: float,
+                 sleep):
+        self._finder = finder
+        self._dagster = instance
+        self.store = store
+        self.settle_s = settle_s
+        self.sleep = sleep
+        self._gone_since: dict[str, float] = {}
+
+    def handle(self, events: list[Event]) -> None:
+        """Find orphaned runs and end them; what it did goes into `events`."""
+        try:
+            found = self._finder.find()
+        except DagpgError as exc:
+            events.append(Event("finding", ERROR, str(exc), target="runs"))
+            return
+        except Exception as exc:  # noqa: BLE001  (a storage hiccup: try again next pass)
+            log.debug("reading runs failed", exc_info=True)
+            events.append(Event("finding", ERROR, f"reading runs failed: {first_line(exc)}",
+                                target="runs"))
+            return
+        now = time.time()
+        live = {o.run_id for o in found}
+        self._gone_since = {k: v for k, v in self._gone_since.items() if k in live}
+        settling = [o for o in found if not o.before_boot]
+        for o in settling:
+            self._gone_since.setdefault(o.run_id, now)
+        if settling:
+            # Dagster's code server fails a run whose worker died alone within about a second;
+            # give it orphan_settle_s from when the keeper first saw the worker gone.
+            wait = max(self._gone_since[o.run_id] for o in settling) + self.settle_s
+            if wait > time.time():
+                self.sleep(wait - time.time())
+        for o in found:
+            self._end(o, events)
+
+    def _end(self, o: Orphan, events: list[Event]) -> None:
+        if not self._finder.still_active(o.run_id):
+            return  # Dagster ended it meanwhile (its code server saw the worker die)
+        worker = self._finder.worker(o.run_id)
+        if worker.reported_by_dagster:
+            return
+        if not o.before_boot and worker.pid is not None and \
+                procs.identity(worker.pid, worker.named_at) != procs.GONE:
+            return
+        who = f"dagpg watch, pid {self.store.pid} on {this_host()}"
+        try:
+            status = end_run(self._dagster, o, who=who)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("ending run %s failed", o.run_id, exc_info=True)
+            events.append(Event("action", ERROR, f"could not end run {o.run_id}: "
+                                f"{first_line(exc)}", target=o.run_id, data=o.as_dict()))
+            return
+        kind = "cancel_run" if status == "CANCELED" else "fail_run"
+        try:
+            self.store.record_action(kind, o.run_id, True, o.as_dict())
+        except DagpgError as exc:
+            log.warning("could not record ending run %s: %s", o.run_id, exc)
+        self._gone_since.pop(o.run_id, None)
+        events.append(Event("action", INFO, f"run {o.run_id} ({o.job_name}, {o.status}) marked "
+                            f"{status}: {o.reason}", target=o.run_id,
+                            data={**o.as_dict(), "now": status}))
+
