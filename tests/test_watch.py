@@ -394,3 +394,39 @@ def test_verify_judges_the_keepers_heartbeat():
         checks.FAIL, "the keeper on gis-server (pid 4242) last passed 91 s ago (limit 3 x 30 s): "
         "is the DagsterKeeper service running? see its log, reports/logs/watch.jsonl")
     assert checks.keeper(None).status == checks.SKIP
+
+
+def test_a_dead_keepers_lingering_session_is_taken_over(dagster_home, supervisor, tmp_path):
+    """After a reboot, PostgreSQL may keep the old keeper's session (and its lock) until TCP
+    keepalive notices: the new keeper of the same host ends it. A live holder is left alone."""
+    from dagpg import pg
+    from dagpg.watch.store import APP, LOCK_KEY
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    settings = load_settings(keeper_config(tmp_path, supervisor))
+    for holder_pid, taken in ((os.getpid(), False), (dead.pid, True)):
+        ghost = pg.connect(dagster_home.target, autocommit=True)
+        with ghost.cursor() as cur:
+            cur.execute("SET application_name = %s",
+                        (f"{APP} {os.uname().nodename} {holder_pid}",))
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+            assert cur.fetchone()[0]
+        keeper = Keeper(settings, dagster_home=dagster_home.home)
+        keeper.start()
+        try:
+            result = keeper.run_pass()
+        finally:
+            keeper.close()
+        assert result.acting is taken
+        if taken:
+            assert result.events[0].event == "took_over"
+            assert result.events[0].detail.startswith(
+                f"took over the keeper lock: keeper pid {dead.pid} on {os.uname().nodename} "
+                "no longer runs; its database session ")
+            with pytest.raises(Exception):  # noqa: B017  (its session was ended)
+                with ghost.cursor() as cur:
+                    cur.execute("SELECT 1")
+        else:
+            assert [e.event for e in result.events] == ["standby"]
+        ghost.close()

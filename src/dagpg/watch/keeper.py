@@ -160,6 +160,9 @@ class Keeper:
     def _pass(self, began: float, events: list[Event], results: list) -> PassResult:
         try:
             self.acting = self.store.hold_lock()
+            if self.store.took_over:
+                events.append(Event("took_over", WARNING, f"took over the keeper lock: "
+                                    f"{self.store.took_over}"))
             if self._db_down:
                 events.append(Event("recovered", INFO, "the database answers again"))
                 self._db_down = False

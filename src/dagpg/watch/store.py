@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY = 7_160_011  # beside schema.py's 7_160_001, migrate's _004 and backup's _005
 KEEPER_TABLE = "dagpg.keeper"
 ACTIONS_TABLE = "dagpg.keeper_actions"
-STALE_AFTER_INTERVALS = 3  # `dagpg verify`: a keeper silent for 3 intervals has stopped
+STALE_AFTER_INTERVALS = 3
+APP = "dagpg watch"  # application_name of the lock's session: "dagpg watch HOST PID"  # `dagpg verify`: a keeper silent for 3 intervals has stopped
 
 
 def _database_errors(method):
@@ -78,12 +80,15 @@ class Store:
         self.host = this_host()
         self.pid = os.getpid()
         self._lock_conn = None
+        self.took_over: str | None = None
 
     # -- the lock ----------------------------------------------------------------------
 
     @_database_errors
     def hold_lock(self) -> bool:
-        """True while this process holds the keeper lock (taken now if free)."""
+        """True while this process holds the keeper lock (taken now if free, or taken over
+        from a keeper of this host that no longer runs; `took_over` then says whose)."""
+        self.took_over = None
         if self._lock_conn is not None:
             try:
                 with self._lock_conn.cursor() as cur:
@@ -93,12 +98,48 @@ class Store:
                 self._drop_lock_conn()
         conn = pg.connect(self.instance.target, retries=0, timeout=self.timeout,
                           autocommit=True)
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
-            if cur.fetchone()[0]:
-                self._lock_conn = conn
+        try:
+            with conn.cursor() as cur:
+                # Who holds the lock is visible to every keeper (pg_stat_activity).
+                cur.execute("SET application_name = %s", (f"{APP} {self.host} {self.pid}",))
+                if self._try_lock(cur) or self._take_over(cur):
+                    self._lock_conn, conn = conn, None
+                    return True
+            return False
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _try_lock(self, cur) -> bool:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+        return bool(cur.fetchone()[0])
+
+    def _take_over(self, cur) -> bool:
+        """A keeper killed with its machine (a reboot) can leave its database session, and the
+        lock, behind until the server notices the dead connection (TCP keepalive: hours). When
+        the holder is a keeper of this host whose process is gone, end its session."""
+        cur.execute("SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                    "AND l.objid = %s AND l.granted", (LOCK_KEY,))
+        row = cur.fetchone()
+        if not row or not (row[1] or "").startswith(APP + " "):
+            return False
+        backend, app, backend_start = row
+        _, host, pid = app.rsplit(" ", 2)
+        if host != self.host or not pid.isdigit():
+            return False
+        from dagpg.watch import procs
+
+        if procs.identity(int(pid), backend_start.timestamp()) != procs.GONE:
+            return False
+        cur.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        for _ in range(50):  # the lock goes when that backend has exited
+            if self._try_lock(cur):
+                self.took_over = (f"keeper pid {pid} on {host} no longer runs; its database "
+                                  f"session {backend} (since {backend_start:%Y-%m-%d %H:%M:%S}) "
+                                  "held the lock and was ended")
                 return True
-        conn.close()
+            time.sleep(0.1)
         return False
 
     @_database_errors
