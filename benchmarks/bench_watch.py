@@ -114,7 +114,16 @@ def main() -> None:
         launch(stack, args.healthy_minutes * 60 * 0.8)  # a long run meanwhile
         time.sleep(args.healthy_minutes * 60)
         healthy_actions = len(actions(log, healthy_from))
-        print(f"healthy: {healthy_actions} actions in {args.healthy_minutes:g} min", flush=True)
+        others = [r for r in jsonlog.read(log) if r["event"] != "startup"
+                  and datetime.fromisoformat(r["ts"]).timestamp() >= healthy_from]
+        passes = max((r["pass"] or 0 for r in jsonlog.read(log)), default=0)
+        with pg.connection(target) as conn, conn.cursor() as cur:
+            cur.execute("SELECT passes FROM dagpg.keeper")
+            passes = cur.fetchone()[0]
+        print(f"healthy: {healthy_actions} actions, {len(others)} log records other than "
+              f"startup ({sorted({r['event'] for r in others})}) in {args.healthy_minutes:g} "
+              f"min; the keeper made {passes} passes", flush=True)
+        assert not others, others
 
         results = []
         for i in range(args.repeat):
