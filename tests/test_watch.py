@@ -430,3 +430,30 @@ def test_a_dead_keepers_lingering_session_is_taken_over(dagster_home, supervisor
         else:
             assert [e.event for e in result.events] == ["standby"]
         ghost.close()
+
+
+def test_a_finished_run_holding_pool_slots_is_reported_once(dagster_home, supervisor, tmp_path):
+    """Dagster fails a run whose worker was killed alone but leaves its pool slots claimed; it
+    frees them only with run_monitoring.free_slots_after_run_end_seconds. Without that setting
+    the keeper says so (it does not act on runs Dagster ended)."""
+    from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+
+    settings = load_settings(keeper_config(tmp_path, supervisor))
+    with DagsterInstance.from_config(str(dagster_home.home)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("keeper_pool", 1)
+        run = instance.add_run(DagsterRun(job_name="nap_job", status=DagsterRunStatus.FAILURE))
+        assert storage.claim_concurrency_slot("keeper_pool", run.run_id, "nap").is_claimed
+        keeper = Keeper(settings, dagster_home=dagster_home.home, once=True)
+        keeper.start()
+        try:
+            first, second = keeper.run_pass(), keeper.run_pass()
+        finally:
+            keeper.close()
+        leaks = [e for e in first.events if e.target == run.run_id]
+        assert [(e.event, e.level) for e in leaks] == [("finding", "warning")]
+        assert leaks[0].detail.startswith(f"run {run.run_id} (FAILURE) ended but still holds "
+                                          "pool slots")
+        assert not [e for e in second.events if e.target == run.run_id]
+        assert not first.actions
+        assert storage.get_concurrency_info("keeper_pool").active_run_ids == {run.run_id}

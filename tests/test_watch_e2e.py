@@ -33,6 +33,12 @@ pytestmark = pytest.mark.slow
 
 DEFINITIONS = Path(__file__).resolve().parent / "watch_definitions.py"
 HEARTBEAT_MAX_AGE_S = 75
+# As dagster_home/dagster.yaml has it, quicker: Dagster frees the pool slots of finished runs.
+RUN_MONITORING = """run_monitoring:
+  enabled: true
+  poll_interval_seconds: 5
+  free_slots_after_run_end_seconds: 5
+"""
 _PID = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
@@ -67,7 +73,7 @@ def stack(pg_server, template_database, tmp_path_factory):
     password = pg_server.admin.password or ""
     database = pg_server.create_database(template=template_database)
     target = pg_server.target(database)
-    home = pgharness.write_dagster_home(root / "dagster_home", target)
+    home = pgharness.write_dagster_home(root / "dagster_home", target, extra=RUN_MONITORING)
     yaml_path = home / "dagster.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("max_concurrent_runs: 4",
                                                        "max_concurrent_runs: 2"))
@@ -231,6 +237,9 @@ def test_healthy_deployment_gets_no_action_and_a_lone_killed_worker_is_left_to_d
         f"[DagsterApiServer] Run execution process for {lone} was terminated by signal 9")
     print(f"\nDagster's code server failed the run {failures[0].timestamp - killed_at:.2f} s "
           "after its worker was killed")
+    # Dagster's failure leaves the run's pool slot claimed; its run monitoring frees it.
+    processes.wait_for(lambda: lone not in stack.instance.event_log_storage.get_concurrency_info(
+        "keeper_pool").active_run_ids, 90, "Dagster to free the killed run's pool slot")
     assert wait_status(stack, long_run, {"SUCCESS", "FAILURE"}) == "SUCCESS"
     time.sleep(5)  # a few more passes, after both runs ended
     assert not [e for e in events(stack, lone, DagsterEventType.ENGINE_EVENT)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagpg.errors import DagpgError
 from dagpg.watch import procs
-from dagpg.watch.events import ERROR, INFO, Event, first_line
+from dagpg.watch.events import ERROR, INFO, WARNING, Event, first_line
 from dagpg.watch.store import this_host
 
 if TYPE_CHECKING:
@@ -206,6 +206,7 @@ class OrphanHandler:
         self.settle_s = settle_s
         self.sleep = sleep
         self._gone_since: dict[str, float] = {}
+        self._leaks_reported: set[str] = set()
 
     def handle(self, events: list[Event]) -> None:
         """Find orphaned runs and end them; what it did goes into `events`."""
@@ -233,6 +234,34 @@ class OrphanHandler:
                 self.sleep(wait - time.time())
         for o in found:
             self._end(o, events)
+        self._report_leaked_slots(events)
+
+    def _report_leaked_slots(self, events: list[Event]) -> None:
+        """A run Dagster failed itself (its worker killed alone) keeps its pool slots; Dagster
+        frees them only with run_monitoring.free_slots_after_run_end_seconds. Without it, say
+        so once per run (the keeper does not act on Dagster's runs)."""
+        from dagster import RunsFilter
+        from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+        dagster = self._dagster
+        storage = dagster.event_log_storage
+        if (dagster.run_monitoring_enabled
+                and dagster.run_monitoring_settings.get("free_slots_after_run_end_seconds")) \
+                or not storage.supports_global_concurrency_limits:
+            return
+        run_ids = storage.get_concurrency_run_ids() - self._leaks_reported
+        if not run_ids:
+            return
+        for record in dagster.get_run_records(RunsFilter(run_ids=sorted(run_ids),
+                                                         statuses=FINISHED_STATUSES)):
+            run = record.dagster_run
+            self._leaks_reported.add(run.run_id)
+            events.append(Event(
+                "finding", WARNING,
+                f"run {run.run_id} ({run.status.value}) ended but still holds pool slots, so "
+                "steps of other runs in those pools wait: set run_monitoring: {enabled: true, "
+                "free_slots_after_run_end_seconds: 300} in dagster.yaml and Dagster frees them",
+                target=run.run_id))
 
     def _end(self, o: Orphan, events: list[Event]) -> None:
         if not self._finder.still_active(o.run_id):
