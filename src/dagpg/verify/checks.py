@@ -384,7 +384,7 @@ def keeper(obs: KeeperObservation | None, now: datetime | None = None) -> CheckR
     """The keeper (`dagpg watch`) passed within 3 of its intervals and has not given up."""
     name, title = "keeper.heartbeat", "Keeper"
     if obs is None:
-        return CheckResult(name, title, SKIP, "needs the database: see database")
+        return CheckResult(name, title, SKIP, "needs the database at head: see database")
     if obs.error:
         return CheckResult(name, title, FAIL, obs.error)
     if not obs.rows:

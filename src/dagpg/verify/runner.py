@@ -103,7 +103,8 @@ def verify(
         checks.websocket("Public WebSocket", public),
         checks.schedules(web, cfg.schedules),
         checks.backup(backup, max_age_h),
-        checks.keeper(_observe_keeper(instance) if db and db.reachable else None),
+        checks.keeper(_observe_keeper(instance)
+                      if db and db.reachable and db.status and db.status.at_head else None),
     ]
     return Report(
         checks=results,
