@@ -176,8 +176,8 @@ def test_systemd_reads_systemctl_show(tmp_path):
     assert systemd.describe("DagsterDaemon") == f"{script} restart DagsterDaemon.service"
     with pytest.raises(ServiceManagerError) as err:
         Systemd("/nonexistent/systemctl").check(["DagsterDaemon"])
-    assert str(err.value) == ("/nonexistent/systemctl not found: install systemd or set its "
-                              "path in dagpg.watch (systemd is dagpg.watch.service_manager)")
+    assert str(err.value) == ("/nonexistent/systemctl not found: install systemd, or set "
+                              "dagpg.watch.systemctl in config.yml to its path")
 
 
 # -- startup refusals: one line, exit code 2 ------------------------------------------------

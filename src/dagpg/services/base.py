@@ -71,6 +71,7 @@ class ServiceManager(ABC):
     supervisorctl), run with a timeout; its output is kept to one line for the log."""
 
     kind: str = ""
+    program_setting: str = ""  # the dagpg.watch key naming the program
     permission_hint: str = "run the keeper as a user allowed to restart these services"
 
     def __init__(self, program: str):
@@ -131,8 +132,8 @@ class ServiceManager(ABC):
             found = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
         if not found:
             raise ServiceManagerError(
-                f"{self.program} not found: install {self.kind} or set its path in "
-                f"dagpg.watch ({self.kind} is dagpg.watch.service_manager)")
+                f"{self.program} not found: install {self.kind}, or set "
+                f"dagpg.watch.{self.program_setting} in config.yml to its path")
         return found
 
     def run(self, args: Sequence[str], *, timeout: float = COMMAND_TIMEOUT_S) -> Completed:

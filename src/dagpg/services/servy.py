@@ -43,6 +43,7 @@ _STATES = {"Running": RUNNING, "StartPending": STARTING, "ContinuePending": STAR
 
 class Servy(ServiceManager):
     kind = "servy"
+    program_setting = "servy_cli"
     permission_hint = ("run the keeper elevated (its Servy service runs as LocalSystem) or as "
                        "an administrator")
 

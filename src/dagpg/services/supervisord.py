@@ -27,6 +27,7 @@ _STATES = {"RUNNING": RUNNING, "STARTING": STARTING, "BACKOFF": STARTING, "STOPP
 
 class Supervisord(ServiceManager):
     kind = "supervisord"
+    program_setting = "supervisorctl"
     permission_hint = ("give the keeper supervisorctl's credentials ([supervisorctl] username "
                        "and password in the file dagpg.watch.supervisor_config names)")
 

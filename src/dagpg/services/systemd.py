@@ -28,6 +28,7 @@ _ACTIVE = {"active": RUNNING, "reloading": RUNNING, "activating": STARTING,
 
 class Systemd(ServiceManager):
     kind = "systemd"
+    program_setting = "systemctl"
     permission_hint = "run the keeper as root, as the rendered DagsterKeeper.service does"
 
     def __init__(self, program: str = "systemctl"):
