@@ -457,3 +457,33 @@ def test_a_finished_run_holding_pool_slots_is_reported_once(dagster_home, superv
         assert not [e for e in second.events if e.target == run.run_id]
         assert not first.actions
         assert storage.get_concurrency_info("keeper_pool").active_run_ids == {run.run_id}
+
+
+def test_a_worker_older_than_the_boot_is_gone_at_once(dagster_home):
+    """The run worker's pid from its own engine event, judged against this machine's boot time
+    (passed in: a reboot cannot be staged here) and the process table."""
+    from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+    from dagster._core.events import EngineEventData
+
+    from dagpg.watch.orphans import OrphanFinder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with DagsterInstance.from_config(str(dagster_home.home)) as instance:
+        runs = {}
+        for name, pid in (("alive", os.getpid()), ("dead", dead.pid)):
+            run = instance.add_run(DagsterRun(job_name=name, status=DagsterRunStatus.STARTED))
+            instance.report_engine_event(f"Started process for run (pid: {pid}).", run,
+                                         EngineEventData.in_process(pid))
+            runs[name] = run.run_id
+        finder = OrphanFinder(instance, starting_timeout_s=600)
+        now = time.time()
+        found = {o.job_name: o for o in finder.find(boot=procs.boot_time(), now=now)}
+        assert set(found) == {"dead"}
+        assert not found["dead"].before_boot and found["dead"].pid == dead.pid
+        assert f"no process {dead.pid} runs on this host" in found["dead"].reason
+        # As if the machine had booted after the workers started: both are gone, at once.
+        after_reboot = {o.job_name: o for o in finder.find(boot=now + 1, now=now + 2)}
+        assert set(after_reboot) == {"alive", "dead"}
+        assert all(o.before_boot for o in after_reboot.values())
+        assert "did not survive the reboot" in after_reboot["alive"].reason
