@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure nginx, Chromium and openssl are on this machine: the reverse-proxy tests (tests/test_proxy*.py)
+# Make sure nginx, Chromium, openssl and systemd-analyze are on this machine: the reverse-proxy tests (tests/test_proxy*.py)
 # put a real nginx in front of a real dagster-webserver and open the UI in headless Chromium.
 # Installs Debian's packages when they are absent; never starts the system nginx (the tests run
 # their own on a free port, with a config from `dagpg render nginx`).
@@ -10,6 +10,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The access-control tests write an htpasswd file with `openssl passwd -apr1`.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# systemd-analyze checks the units `dagpg render systemd` writes (tests/test_render_keeper.py).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

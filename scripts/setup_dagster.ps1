@@ -13,15 +13,17 @@
          replace a package arcpy depends on (unless -AllowReplace), install the project
       2. DAGSTER_PG_PASSWORD (existing environment, else a secure prompt) stored machine-wide;
          DAGSTER_HOME checked; `dagpg db upgrade`
-      3. `dagpg render all --out deploy`; `servy-cli import` each service (--install)
+      3. `dagpg render all --out deploy`; `servy-cli import` each service (--install): the
+         webservers, the daemon and the keeper (`dagpg watch`)
       4. deploy\iis\iis_setup.ps1 (ARR proxy, server variables, WebSocket feature, web.config)
       5. the nightly backup task (schtasks /Create /XML) and a first `dagpg backup`
-      6. start (or restart) the webservers, then the daemon
+      6. start (or restart) the webservers, then the daemon, then the keeper (after
+         `dagpg watch --check`: it can restart them through Servy)
       7. `dagster schedule start --start-all`
       8. `dagpg verify --public-url ... --wait` against the installed services (every one's Servy export)
 
     Paths, ports, service names and the URL prefix come from config\config.yml
-    (dagpg.windows, dagpg.webserver, dagpg.services): the script only calls conda, pip, dagpg,
+    (dagpg.windows, dagpg.webserver, dagpg.services, dagpg.watch): the script only calls conda, pip, dagpg,
     servy-cli, appcmd (through iis_setup.ps1), schtasks and dagster.
 
 .EXAMPLE
@@ -201,7 +203,7 @@ Invoke-Step 'Servy: render the services and import them' {
     $json = & $dagpg render all --out $deploy --json | Out-String
     if ($LASTEXITCODE -ne 0) { throw 'dagpg render failed: fix config\config.yml (the message above says how)' }
     # The services this configuration has, in start order: the webservers (with dagpg.access the
-    # full one and the read-only one), then the daemon. None depends on another.
+    # full one and the read-only one), the daemon, then the keeper. None depends on another.
     $script:serviceNames = @(($json | ConvertFrom-Json) | Where-Object { $_.kind -eq 'servy' } |
         ForEach-Object { [IO.Path]::GetFileNameWithoutExtension($_.path) })
     $logs = if ([IO.Path]::IsPathRooted($win.log_dir)) { $win.log_dir } else { Join-Path $ProjectRoot $win.log_dir }
@@ -227,7 +229,12 @@ Invoke-Step 'Nightly backup task (deploy\task\DagsterNightlyBackup.xml), and a f
     Invoke-Native $dagpg @('backup', '--if-older-than', '24')
 }
 
-Invoke-Step 'Start the webservers, then the daemon' {
+Invoke-Step 'Start the webservers, then the daemon, then the keeper' {
+    # The keeper (dagpg watch) restarts the others through servy-cli: check now that it can
+    # (servy-cli found, the services installed, this process elevated) before starting it last.
+    # It does not depend on them (a Servy restart stops dependent services too), so the order
+    # comes from here (render order), and at boot from its delayed automatic start.
+    Invoke-Native $dagpg @('watch', '--check', '--service-manager', 'servy')
     foreach ($name in $serviceNames) {
         $verb = if ((Get-Service $name).Status -eq 'Running') { 'restart' } else { 'start' }
         Invoke-Native 'servy-cli' @($verb, "--name=$name")

@@ -65,7 +65,12 @@ def test_backup_writes_a_complete_private_verified_folder(dagster_home, tmp_path
     assert manifest["row_counts"] == {**manifest["row_counts"], **table_counts(dagster_home.target)}
     assert manifest["server"]["major"] >= 15 and manifest["pg_dump"]["major"] >= 15
     assert manifest["dagster_version"] == __import__("dagster").__version__
-    assert manifest["alembic"]["dagpg"] == "0001" and manifest["alembic"]["dagster"]
+    from alembic.script import ScriptDirectory
+
+    from dagpg import schema
+
+    kit_head = ScriptDirectory.from_config(schema.kit_alembic_config()).get_current_head()
+    assert manifest["alembic"]["dagpg"] == kit_head and manifest["alembic"]["dagster"]
     assert manifest["compute_logs"]["files"] > 0
     assert manifest["instance"]["database"] == dagster_home.database
     assert "password" not in json.dumps(manifest).lower()

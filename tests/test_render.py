@@ -82,7 +82,8 @@ def services(files, tmp_path) -> dict[str, servy.ServyService]:
 def test_servy_files_use_only_fields_servy_knows(files):
     assert list(servy.SERVY_FIELDS) == SERVY_KNOWN_FIELDS
     names = [rel for rel in files if rel.startswith("servy/")]
-    assert names == ["servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml"]
+    assert names == ["servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml",
+                     "servy/DagsterKeeper.xml"]
     for rel in names:
         root = ET.fromstring(files[rel])
         assert root.tag == "ServiceDto"
@@ -352,8 +353,10 @@ def test_render_all_writes_every_file(tmp_path):
     assert result.exit_code == 0, result.output
     written = {Path(r["path"]).relative_to(out).as_posix() for r in json.loads(result.output)}
     assert written == {"servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml",
-                       "iis/web.config", "iis/iis_setup.ps1", "nginx/dagster.conf",
-                       "nginx/nginx.conf", "task/DagsterNightlyBackup.xml"}
+                       "servy/DagsterKeeper.xml", "iis/web.config", "iis/iis_setup.ps1",
+                       "nginx/dagster.conf", "nginx/nginx.conf", "task/DagsterNightlyBackup.xml",
+                       "systemd/DagsterWebserver.service", "systemd/DagsterDaemon.service",
+                       "systemd/DagsterKeeper.service"}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == written
 
 
@@ -377,7 +380,8 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, webserver, messag
 def test_render_rejects_an_unknown_kind(tmp_path):
     result = CliRunner().invoke(cli, ["render", "docker", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "'docker' is not one of 'servy', 'iis', 'nginx', 'task', 'all'" in result.output
+    assert ("'docker' is not one of 'servy', 'iis', 'nginx', 'task', 'systemd', 'all'"
+            in result.output)
 
 
 def test_committed_config_renders_what_it_says(tmp_path):
@@ -388,15 +392,15 @@ def test_committed_config_renders_what_it_says(tmp_path):
     win, web, names, access = (settings.windows, settings.webserver, settings.services,
                                settings.access)
     # Access control on, no htpasswd: an IIS deployment, so `all` has no nginx files.
+    every = (names.webserver, names.read_only_webserver, names.daemon, names.keeper)
     assert sorted(files) == sorted([
-        f"servy/{names.webserver}.xml", f"servy/{names.read_only_webserver}.xml",
-        f"servy/{names.daemon}.xml", "iis/web.config", "iis/iis_setup.ps1",
-        "task/DagsterNightlyBackup.xml"])
+        *(f"servy/{n}.xml" for n in every), *(f"systemd/{n}.service" for n in every),
+        "iis/web.config", "iis/iis_setup.ps1", "task/DagsterNightlyBackup.xml"])
     root = win.project_root
     environment = {"DAGSTER_HOME": f"{root}\\{win.dagster_home}",
                    "PROJECT_ENV": win.project_env}
     found = services(files, tmp_path)
-    for name in (names.webserver, names.read_only_webserver, names.daemon):
+    for name in every:
         assert found[name].environment == environment
         assert found[name].startup_directory == root
         assert found[name].executable.startswith(f"{root}\\{win.env_dir}\\Scripts\\")

@@ -53,12 +53,12 @@ def test_the_defaults_put_dagster_under_a_path_with_access_control():
     assert settings.services.read_only_webserver == "DagsterWebserverReadOnly"
 
 
-# --- Servy: three services, one DAGSTER_HOME, no password ------------------------------------
+# --- Servy: every service (both webservers, the daemon, the keeper), one DAGSTER_HOME ------
 
-def test_three_services_share_dagster_home_and_carry_no_password(files, tmp_path):
+def test_every_service_shares_dagster_home_and_carries_no_password(files, tmp_path):
     names = [rel for rel in files if rel.startswith("servy/")]
     assert names == ["servy/DagsterWebserver.xml", "servy/DagsterWebserverReadOnly.xml",
-                     "servy/DagsterDaemon.xml"]
+                     "servy/DagsterDaemon.xml", "servy/DagsterKeeper.xml"]
     found = {}
     for rel in names:
         path = tmp_path / Path(rel).name
@@ -66,7 +66,7 @@ def test_three_services_share_dagster_home_and_carry_no_password(files, tmp_path
         found[path.stem] = servy.read_service(path)
         assert SECRET not in files[rel].decode() and "PG_PASSWORD" not in files[rel].decode()
     environments = [svc.environment for svc in found.values()]
-    assert environments == [{"DAGSTER_HOME": HOME, "PROJECT_ENV": "prod"}] * 3
+    assert environments == [{"DAGSTER_HOME": HOME, "PROJECT_ENV": "prod"}] * 4
     workspace = rf'-w "{HOME}\workspace.yaml"'
     assert found["DagsterWebserver"].parameters == (
         f"{workspace} -h 127.0.0.1 -p 3001 --path-prefix /dagster-admin")
@@ -129,7 +129,7 @@ def test_a_single_webserver_has_no_login_sections(tmp_path):
     files = rendered(tmp_path, "  access:\n    enabled: false\n")
     assert set(locations(files["iis/web.config"])) == {"."}
     assert [rel for rel in files if rel.startswith("servy/")] == [
-        "servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml"]
+        "servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml", "servy/DagsterKeeper.xml"]
     script = files["iis/iis_setup.ps1"].decode()
     assert "Web-Windows-Auth" not in script and "unlock" not in script
 
@@ -339,14 +339,16 @@ def test_setup_script_imports_and_starts_every_rendered_service():
             and "GetFileNameWithoutExtension($_.path)" in script)
     importing = script.split("Invoke-Step 'Servy:")[1].split("Invoke-Step")[0]
     assert "foreach ($name in $serviceNames) {" in importing
-    starting = script.split("Invoke-Step 'Start the webservers, then the daemon'")[1]
-    assert starting.lstrip().startswith("{\n    foreach ($name in $serviceNames) {")
+    starting = script.split("Invoke-Step 'Start the webservers, then the daemon, then the "
+                            "keeper'")[1].split("Invoke-Step")[0]
+    assert "\n    foreach ($name in $serviceNames) {" in starting
     assert "@('uninstall', \"--name=$stale\")" in importing  # access turned off since
-    # render lists the servy files webservers first, daemon last: the start order.
+    # render lists the servy files webservers first, then the daemon, the keeper last: the
+    # start order.
     order = [rel for rel in render_files(layout_from(load_settings(
         PROJECT_DIR / "config" / "config.yml", "prod"))) if rel.startswith("servy/")]
     assert order == ["servy/DagsterWebserver.xml", "servy/DagsterWebserverReadOnly.xml",
-                     "servy/DagsterDaemon.xml"]
+                     "servy/DagsterDaemon.xml", "servy/DagsterKeeper.xml"]
 
 
 # --- verify: the addresses the exposure check probes ------------------------------------------
@@ -390,8 +392,8 @@ def test_same_home_checks_the_read_only_webservers_servy_config(tmp_path, monkey
     assert services[READ_ONLY].name == "DagsterWebserverReadOnly"
     result = checks.same_home(services, resolve_each(services))
     assert (result.status, result.detail) == (
-        "ok", f"DagsterWebserver, DagsterWebserverReadOnly and DagsterDaemon: DAGSTER_HOME={home}"
-              " -> postgresql://dagster:***@127.0.0.1:5432/dagster")
+        "ok", f"DagsterWebserver, DagsterWebserverReadOnly, DagsterKeeper and DagsterDaemon: "
+              f"DAGSTER_HOME={home} -> postgresql://dagster:***@127.0.0.1:5432/dagster")
     services = service_homes(settings, configs(other))
     result = checks.same_home(services, resolve_each(services))
     assert result.status == "fail"

@@ -48,7 +48,8 @@ def assert_options_exist(command: click.Command, options: list[str], argv: list[
 
 def test_script_calls_only_dagpg_commands_that_exist():
     found = calls("dagpg")
-    assert sorted(c[0] for c in found) == ["backup", "config", "db", "render", "verify"]
+    assert sorted(c[0] for c in found) == ["backup", "config", "db", "render", "verify",
+                                           "watch"]
     for argv in found:
         command, options = resolve(dagpg_cli, argv)
         assert not isinstance(command, click.Group), argv
@@ -72,11 +73,12 @@ def test_script_uses_the_files_render_writes():
     written = set(render_files(layout_from(settings)))
     used = set()
     for rel in re.findall(r"\$deploy\\([\w\\$.]+\.(?:xml|ps1))", SCRIPT):
-        for name in (settings.services.webserver, settings.services.daemon):
+        for name in (settings.services.webserver, settings.services.daemon,
+                     settings.services.keeper):
             used.add(rel.replace("$name", name).replace("\\", "/"))
     used = {u for u in used if not u.startswith("installed/")}  # servy-cli export writes those
     assert used == {"servy/DagsterWebserver.xml", "servy/DagsterDaemon.xml",
-                    "task/DagsterNightlyBackup.xml"}
+                    "servy/DagsterKeeper.xml", "task/DagsterNightlyBackup.xml"}
     assert used <= written
     assert "Join-Path $deploy 'iis\\iis_setup.ps1'" in SCRIPT and "iis/iis_setup.ps1" in written
     assert "'/TN', 'DagsterNightlyBackup'" in SCRIPT

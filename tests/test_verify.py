@@ -110,9 +110,9 @@ def test_a_servy_config_of_another_service_is_a_usage_error(dagster_home, tmp_pa
     result = run("--servy-config", str(path))
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        f"Error: {path}: service 'Spooler' is neither 'DagsterWebserver' nor 'DagsterDaemon' "
-        "and does not run dagster-webserver or dagster-daemon; give the webserver's and the "
-        "daemon's Servy configs")
+        f"Error: {path}: service 'Spooler' is none of 'DagsterWebserver', 'DagsterDaemon', "
+        "'DagsterWebserverReadOnly' or 'DagsterKeeper' and runs neither dagster-webserver, "
+        "dagster-daemon nor dagpg watch; give the services' own Servy configs")
 
 
 def test_two_servy_configs_for_one_service_are_a_usage_error(dagster_home, tmp_path):

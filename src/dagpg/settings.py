@@ -51,6 +51,7 @@ class Services(_Section):
     webserver: str = "DagsterWebserver"
     daemon: str = "DagsterDaemon"
     read_only_webserver: str = "DagsterWebserverReadOnly"  # with dagpg.access: the viewers'
+    keeper: str = "DagsterKeeper"  # `dagpg watch`
 
 
 class Webserver(_Section):
@@ -112,6 +113,47 @@ class Arcpy(_Section):
 
     check: Literal["auto", "required", "off"] = "auto"  # auto: where arcpy is installed there
     timeout_s: float = Field(default=120, gt=0)  # importing arcpy checks out a license
+SERVICE_MANAGERS = ("servy", "systemd", "supervisord")
+
+
+class Watch(_Section):
+    """`dagpg watch`, the keeper: how often it looks, when it acts, through what."""
+
+    interval_s: float = Field(default=30, gt=0)
+    service_manager: str = "servy"  # servy | systemd | supervisord
+    heartbeat_max_age_s: float = Field(default=90, gt=0)  # SCHEDULER's beat ages up to ~60 s
+    webserver_timeout_s: float = Field(default=10, gt=0)
+    failures_before_restart: int = Field(default=2, ge=1)  # consecutive passes
+    max_restarts_per_hour: int = Field(default=3, ge=1)  # per service; then it gives up
+    restart_grace_s: float = Field(default=90, ge=0)  # after a start, before judging again
+    orphan_settle_s: float = Field(default=10, ge=0)  # Dagster's code server reports in ~1 s
+    starting_timeout_s: float = Field(default=600, gt=0)  # STARTING with no run worker
+    log_dir: str = "reports/logs"
+    log_max_bytes: int = Field(default=5_000_000, ge=10_000)
+    log_backups: int = Field(default=5, ge=1)
+    servy_cli: str = "servy-cli"
+    systemctl: str = "systemctl"
+    supervisorctl: str = "supervisorctl"
+    supervisor_config: str = ""  # supervisorctl -c FILE; empty: supervisorctl's own search
+
+    @field_validator("service_manager")
+    @classmethod
+    def _known_manager(cls, value: str) -> str:
+        if value not in SERVICE_MANAGERS:
+            raise ValueError(f"unknown service manager; choose one of {', '.join(SERVICE_MANAGERS)}")
+        return value
+
+
+class Systemd(_Section):
+    """Where the project lives on a Linux server (`dagpg render systemd`). Empty project_root:
+    the project folder holding this config/ (render on the server itself)."""
+
+    project_root: str = ""
+    venv: str = ".venv"
+    dagster_home: str = "dagster_home"
+    user: str = "dagster"  # runs the webserver and the daemon; the keeper runs as root
+    environment_file: str = "/etc/dagpg/dagster.env"  # DAGSTER_PG_PASSWORD=..., mode 0600
+    project_env: str = "prod"
 
 
 class KitSettings(_Section):
@@ -122,6 +164,8 @@ class KitSettings(_Section):
     windows: Windows = Windows()
     arcpy: Arcpy = Arcpy()
     access: Access = Access()
+    watch: Watch = Watch()
+    systemd: Systemd = Systemd()
 
     _path: Path | None = PrivateAttr(default=None)
     _env: str = PrivateAttr(default="dev")

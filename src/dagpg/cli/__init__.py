@@ -13,7 +13,7 @@ import sys
 import click
 
 from dagpg import __version__
-from dagpg.cli import config_cmds, db_cmds, instance_cmds, render_cmds, verify_cmds
+from dagpg.cli import config_cmds, db_cmds, instance_cmds, render_cmds, verify_cmds, watch_cmds
 from dagpg.cli.backup_cmds import backup, backups, restore
 from dagpg.cli.migrate_cmds import migrate_from_sqlite
 from dagpg.errors import DagpgError
@@ -59,6 +59,7 @@ cli.add_command(db_cmds.db)
 cli.add_command(config_cmds.config)
 cli.add_command(render_cmds.render)
 cli.add_command(verify_cmds.verify)
+cli.add_command(watch_cmds.watch)
 cli.add_command(backup)
 cli.add_command(backups)
 cli.add_command(restore)

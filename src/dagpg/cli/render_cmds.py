@@ -16,7 +16,7 @@ from dagpg.settings import load_settings
 
 
 @click.command("render")
-@click.argument("what", type=click.Choice([*KINDS, "all"]), metavar="servy|iis|nginx|task|all")
+@click.argument("what", type=click.Choice([*KINDS, "all"]), metavar="servy|iis|nginx|task|systemd|all")
 @click.option("--out", "out_dir", required=True, metavar="DIR",
               help="Folder to write into (created if needed); files go to DIR/<what>/.")
 @click.option("--config", "config_path", metavar="FILE", default=None,
@@ -29,13 +29,15 @@ from dagpg.settings import load_settings
 @dagster_home_option
 @json_option
 def render(what, out_dir, config_path, listen, server_name, dagster_home, as_json) -> None:
-    """Render deployment files from config.yml (dagpg.windows, dagpg.webserver, dagpg.access).
+    """Render deployment files from config.yml (dagpg.windows, dagpg.webserver, dagpg.access,
+    dagpg.services, dagpg.systemd).
 
     servy: one Servy service file per service (import with `servy-cli import`); iis: web.config
     with the reverse-proxy rules, Windows authentication and URL Authorization, and
     iis_setup.ps1 (appcmd); nginx: the same proxy for Linux, with Basic authentication against
     dagpg.access.htpasswd (in `all` only when that is set, or access control is off); task: the
-    nightly `dagpg backup` as a Task Scheduler task. No file ever holds a password.
+    nightly `dagpg backup` as a Task Scheduler task; systemd: the webservers, the daemon and the
+    keeper as systemd units (Linux). No file ever holds a password.
 
     \b
     Example:

@@ -5,6 +5,7 @@
     OUT/nginx/dagster.conf, nginx.conf       Linux, or the tests' real proxy (in `all` only when
                                              dagpg.access names an htpasswd file, or is off)
     OUT/task/DagsterNightlyBackup.xml        schtasks /Create /TN ... /XML FILE /F
+    OUT/systemd/<Name>.service               Linux: the same services as systemd units
 
 Everything is rendered in memory first, so a setting that cannot be rendered writes nothing.
 """
@@ -16,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagpg.progress import ProgressFn
-from dagpg.render import iis, iis_script, nginx, servy, task
+from dagpg.render import iis, iis_script, nginx, servy, systemd, task
 from dagpg.render.errors import RenderError
 from dagpg.render.layout import Layout, layout_from
 from dagpg.settings import KitSettings
 
-KINDS = ("servy", "iis", "nginx", "task")
+KINDS = ("servy", "iis", "nginx", "task", "systemd")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ def render_files(layout: Layout, what: str = "all", *, listen: str = "80",
         files["nginx/nginx.conf"] = nginx.render_main_config()
     if what in ("all", "task"):
         files[f"task/{task.TASK_NAME}.xml"] = task.render_task(layout)
+    if what in ("all", "systemd"):
+        files.update({f"systemd/{name}": data
+                      for name, data in systemd.render_units(layout).items()})
     return files
 
 

@@ -96,7 +96,7 @@ def layout_from(settings: KitSettings) -> Layout:
     if prefix and not _PREFIX.match(prefix):
         raise RenderError(f"{where}dagpg.webserver.path_prefix: {web.path_prefix!r} must be "
                           "empty or like /dagster (letters, digits, . _ ~ -)")
-    for key in ("webserver", "daemon", "read_only_webserver"):
+    for key in ("webserver", "daemon", "read_only_webserver", "keeper"):
         name = getattr(settings.services, key)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise RenderError(f"{where}dagpg.services.{key}: {name!r} must be a plain Windows "

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagpg.render.access import Webserver
 from dagpg.render.errors import RenderError, ServyConfigError
 from dagpg.render.layout import Layout
+from dagpg.render.units import units
 
 SERVY_VERSION_CHECKED = "10.4"
 ROOT_ELEMENT = "ServiceDto"
@@ -50,6 +50,7 @@ SERVY_FIELDS: tuple[str, ...] = (
 
 # Enums as Servy stores them (Servy.Core.Enums; wiki tables StartupType, DateRotationType, ...).
 STARTUP_AUTOMATIC = 2
+STARTUP_DELAYED = 5  # AutomaticDelayedStart (src/Servy.Core/Enums/ServiceStartType.cs)
 DATE_ROTATION_DAILY = 0
 RECOVERY_RESTART_SERVICE = 1
 
@@ -256,38 +257,26 @@ STOP_TIMEOUT_S = 30
 
 
 def render_services(layout: Layout) -> dict[str, bytes]:
-    """The Servy service files, keyed by file name (`<ServiceName>.xml`): the webserver (two
-    with dagpg.access: full and read-only), then the daemon."""
+    """One Servy service file per service of `units.units` (`<ServiceName>.xml`)."""
     try:
         env = encode_environment(layout.service_environment)
     except ValueError as exc:
         raise RenderError(f"cannot encode the services' environment: {exc}") from None
-    workspace = f'-w "{layout.workspace}"'
-    services = {web.service: _webserver_spec(layout, web, workspace) for web in layout.webservers}
-    # No ServiceDependencies: the daemon needs PostgreSQL, not a webserver, and Servy's
-    # "restart the service" recovery stops a service through .NET's ServiceController.Stop(),
-    # which stops its dependents too, then starts only the service itself (Servy 9.8 source,
-    # src/Servy.Restarter/ServiceRestarter.cs; "Stops this service and any services that are
-    # dependent on this service", learn.microsoft.com ServiceController.Stop): a webserver
-    # restart left a dependent daemon stopped. setup_dagster.ps1 starts them in order.
-    services[layout.daemon_name] = dict(
-        DisplayName="Dagster Daemon",
-        Description="Dagster schedule and sensor daemon for the ArcPy orchestration "
-                    "project. Rendered by dagpg render.",
-        ExecutablePath=layout.script("dagster-daemon"),
-        Parameters=f"run {workspace}", stem="dagster_daemon", deps=None)
     files = {}
-    for name, spec in services.items():
+    for unit in units(layout, workspace=str(layout.workspace),
+                      quote=lambda path: f'"{path}"', service_manager="servy"):
         fields = {
-            "Name": name,
-            "DisplayName": spec["DisplayName"],
-            "Description": spec["Description"],
-            "ExecutablePath": spec["ExecutablePath"],
+            "Name": unit.name,
+            "DisplayName": unit.display_name,
+            "Description": f"{unit.description} Rendered by dagpg render.",
+            "ExecutablePath": layout.script(unit.program),
             "StartupDirectory": layout.root,
-            "Parameters": spec["Parameters"],
-            "StartupType": STARTUP_AUTOMATIC,
-            "StdoutPath": layout.log_dir / f"{spec['stem']}_stdout.log",
-            "StderrPath": layout.log_dir / f"{spec['stem']}_stderr.log",
+            "Parameters": " ".join(unit.args),
+            # The keeper starts after the others at boot (delayed automatic start; it must not
+            # depend on them, see units.py); setup_dagster.ps1 starts it last.
+            "StartupType": STARTUP_DELAYED if unit.start_delayed else STARTUP_AUTOMATIC,
+            "StdoutPath": layout.log_dir / f"{unit.log_stem}_stdout.log",
+            "StderrPath": layout.log_dir / f"{unit.log_stem}_stderr.log",
             "StopTimeout": STOP_TIMEOUT_S,
             "EnableConsoleUI": False,
             "EnableSizeRotation": False,
@@ -303,23 +292,10 @@ def render_services(layout: Layout) -> dict[str, bytes]:
             "RecoveryAction": RECOVERY_RESTART_SERVICE,
             "MaxRestartAttempts": MAX_RESTART_ATTEMPTS,
             "EnvironmentVariables": env,
-            "ServiceDependencies": spec["deps"],
+            # None: see units.py (a Servy restart stops dependent services and starts only
+            # the one restarted).
+            "ServiceDependencies": ";".join(unit.depends_on) or None,
         }
-        files[f"{name}.xml"] = service_xml(fields)
+        files[f"{unit.name}.xml"] = service_xml(fields)
     return files
 
-
-def _webserver_spec(layout: Layout, web: Webserver, workspace: str) -> dict[str, object]:
-    args = f"{workspace} -h {web.host} -p {web.port}"
-    if web.prefix:
-        args += f" --path-prefix {web.prefix}"
-    if web.read_only:
-        args += " --read-only"  # dagster-webserver: no launching, terminating, wiping
-    who = {"viewers": "read-only, for viewers", "operators": "for operators"}.get(web.audience)
-    return dict(
-        DisplayName="Dagster Webserver" + (" (read-only)" if web.read_only else ""),
-        Description="Dagster web UI for the ArcPy orchestration project"
-                    + (f" ({who})" if who else "")
-                    + f"; {web.host} only, published by IIS. Rendered by dagpg render.",
-        ExecutablePath=layout.script("dagster-webserver"), Parameters=args,
-        stem="dagster_webserver" + ("_readonly" if web.read_only else ""), deps=None)

@@ -393,6 +393,46 @@ def backup(obs: BackupObservation | None, max_age_h: float,
                        f"newest backup {info.name} is {age_h:.1f} h old and verified", data)
 
 
+@dataclass(frozen=True)
+class KeeperObservation:
+    rows: list[Any] = field(default_factory=list)  # dagpg.verify.keeper.KeeperRow, newest first
+    error: str | None = None
+
+
+def keeper(obs: KeeperObservation | None, now: datetime | None = None) -> CheckResult:
+    """The keeper (`dagpg watch`) passed within 3 of its intervals and has not given up."""
+    name, title = "keeper.heartbeat", "Keeper"
+    if obs is None:
+        return CheckResult(name, title, SKIP, "needs the database at head: see database")
+    if obs.error:
+        return CheckResult(name, title, FAIL, obs.error)
+    if not obs.rows:
+        return CheckResult(name, title, WARN,
+                           "no keeper has run against this instance: install the DagsterKeeper "
+                           "service (dagpg render servy|systemd) or run `dagpg watch`")
+    row = obs.rows[0]
+    now = now or datetime.now(UTC)
+    age, limit = row.age_s(now), 3 * row.interval_s
+    data = {**row.as_dict(), "age_s": round(age, 1), "max_age_s": limit}
+    where = f"the keeper on {row.host} (pid {row.pid})"
+    if age > limit:
+        return CheckResult(
+            name, title, FAIL,
+            f"{where} last passed {age:.0f} s ago (limit 3 x {row.interval_s:g} s): is the "
+            "DagsterKeeper service running? see its log, reports/logs/watch.jsonl", data)
+    gave_up = row.state.get("gave_up") or {}
+    if gave_up:
+        listed = ", ".join(f"{svc} ({info.get('restarts')} restarts in the last hour)"
+                           for svc, info in sorted(gave_up.items()))
+        return CheckResult(
+            name, title, FAIL,
+            f"{where} gave up restarting {listed}: find the cause in the service's log, fix "
+            "it and restart the service; the keeper acts again an hour after its first restart",
+            data)
+    return CheckResult(name, title, OK,
+                       f"{where} passed {age:.0f} s ago (every {row.interval_s:g} s)", data)
+
+
 def _first_line(text: str | None) -> str:
     text = (text or "").strip()
     return text.splitlines()[0] if text else "(no message)"

@@ -14,6 +14,7 @@ from dagpg.errors import ConfigurationError, DagpgError
 from dagpg.instance import Instance
 from dagpg.settings import KitSettings
 from dagpg.verify import access, checks, database, hints, webserver
+from dagpg.verify.keeper import read_keepers
 from dagpg.verify.report import Report
 from dagpg.verify.services import (
     CURRENT_ENVIRONMENT,
@@ -33,6 +34,19 @@ def default_webserver_url(settings: KitSettings) -> str:
     host = f"[{ws.host}]" if ":" in ws.host else ws.host
     prefix = "/" + ws.path_prefix.strip("/") if ws.path_prefix.strip("/") else ""
     return f"http://{host}:{ws.port}{prefix}"
+
+
+def local_webservers(settings: KitSettings) -> list[tuple[str, str, str]]:
+    """Every webserver the deployment runs, as (key, service name, URL on this machine): the one
+    users open (`webserver`, read-only with dagpg.access) and, with dagpg.access, the operators'
+    full one (`admin_webserver`, service dagpg.services.webserver)."""
+    names, acc, ws = settings.services, settings.access, settings.webserver
+    if not acc.enabled:
+        return [("webserver", names.webserver, default_webserver_url(settings))]
+    host = f"[{ws.host}]" if ":" in ws.host else ws.host
+    admin = "/" + acc.admin_path_prefix.strip("/") if acc.admin_path_prefix.strip("/") else ""
+    return [("admin_webserver", names.webserver, f"http://{host}:{acc.admin_port}{admin}"),
+            ("webserver", names.read_only_webserver, default_webserver_url(settings))]
 
 
 def verify(
@@ -90,8 +104,7 @@ def verify(
 
     required = db.required_daemons if db else None
     dagster = installed_version("dagster")
-    web_hint = (f"is dagster-webserver ({services[WEBSERVER].name}) running on "
-                f"{web_base.host}:{web_base.port}? check its stdout/stderr logs")
+    web_hint = webserver_hint(services[WEBSERVER].name, web_base)
     public_hint = ("a 502 from the proxy means the webserver is down or on another port; "
                    "check the proxy's rule and the webserver")
     results = [
@@ -109,6 +122,8 @@ def verify(
         checks.schedules(web, cfg.schedules, start=lambda names: hints.schedule_start(
             names, services[WEBSERVER], instance.home if instance else None)),
         checks.backup(backup, max_age_h),
+        checks.keeper(_observe_keeper(instance)
+                      if db and db.reachable and db.status and db.status.at_head else None),
     ]
     if public_base:  # who gets through the proxy, and past it
         results += access.checks(settings, public_base, timeout=timeout,
@@ -135,6 +150,48 @@ def _check_limits(**given: float | None) -> None:
             raise ConfigurationError(
                 f"{name}{f' ({option})' if option else ''} must be greater than 0, not "
                 f"{value:g}; give a number of {unit}")
+# -- single checks, for the keeper (`dagpg watch`) ---------------------------------------
+
+def webserver_hint(name: str, base: webserver.BaseUrl) -> str:
+    return (f"is dagster-webserver ({name}) running on {base.host}:{base.port}? check its "
+            "stdout/stderr logs")
+
+
+def heartbeat_check(instance: Instance, daemon: ServiceHome, *, max_age_s: float,
+                    timeout: float, required: Sequence[str] | None
+                    ) -> tuple[checks.CheckResult, database.DbObservation]:
+    """The daemon-heartbeats check alone: read the database, judge every required daemon.
+    `required`: Dagster's list for this instance (None: load it here, ~1 s)."""
+    db = database.observe(instance, timeout=timeout)
+    if db.reachable and db.status and db.status.at_head:
+        if required is None:
+            db.required_daemons, db.required_error = database.required_daemon_types(
+                instance, daemon.environment)
+        else:
+            db.required_daemons = list(required)
+        db.required_from = "dagster.yaml"
+    return checks.daemon_heartbeats(db, max_age_s, daemon), db
+
+
+def webserver_check(url: str, name: str, *, timeout: float
+                    ) -> tuple[checks.CheckResult, webserver.WebObservation]:
+    """The webserver-answers check alone: `<url>/server_info` within `timeout`."""
+    base = webserver.BaseUrl.parse(url, option="the webserver URL")
+    web = webserver.observe(base, timeout=timeout, info_only=True)
+    result = checks.server_info("webserver", "Webserver answers", web,
+                                installed_version("dagster"), webserver_hint(name, base))
+    return result, web
+
+
+def _observe_keeper(instance: Instance | None) -> checks.KeeperObservation:
+    try:
+        return checks.KeeperObservation(rows=read_keepers(instance))
+    except DagpgError as exc:
+        return checks.KeeperObservation(error=str(exc))
+    except Exception as exc:  # noqa: BLE001  (its table's own failure: a check, not a crash)
+        log.debug("reading the keeper's row failed", exc_info=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return checks.KeeperObservation(error=f"reading the keeper's heartbeat failed: {first}")
 
 
 def _primary(daemon: ServiceHome, resolved: Instance | DagpgError) -> Instance | None:

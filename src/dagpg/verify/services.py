@@ -19,6 +19,7 @@ from dagpg.settings import KitSettings
 
 WEBSERVER, DAEMON = "webserver", "daemon"
 READ_ONLY = "read_only_webserver"  # the viewers' webserver (dagpg.access), when its config is given
+KEEPER = "keeper"  # dagpg watch, when its Servy config is given: it must use the same home
 CURRENT_ENVIRONMENT = "the current environment"
 _PROGRAMS = {WEBSERVER: "dagster-webserver", DAEMON: "dagster-daemon"}
 _environ_lock = threading.Lock()
@@ -89,9 +90,10 @@ def _from_servy(path: Path, settings: KitSettings) -> ServiceHome:
     role = _role(service, settings)
     if role is None:
         raise ConfigurationError(
-            f"{path}: service {service.name!r} is neither {settings.services.webserver!r} nor "
-            f"{settings.services.daemon!r} and does not run dagster-webserver or dagster-daemon; "
-            "give the webserver's and the daemon's Servy configs"
+            f"{path}: service {service.name!r} is none of {settings.services.webserver!r}, "
+            f"{settings.services.daemon!r}, {settings.services.read_only_webserver!r} or "
+            f"{settings.services.keeper!r} and runs neither dagster-webserver, dagster-daemon nor "
+            "dagpg watch; give the services' own Servy configs"
         )
     environment = {str(k): str(v) for k, v in (service.environment or {}).items()}
     return ServiceHome(role, service.name, str(path), environment.get("DAGSTER_HOME"),
@@ -101,10 +103,13 @@ def _from_servy(path: Path, settings: KitSettings) -> ServiceHome:
 def _role(service, settings: KitSettings) -> str | None:
     names = {settings.services.webserver.lower(): WEBSERVER,
              settings.services.daemon.lower(): DAEMON,
-             settings.services.read_only_webserver.lower(): READ_ONLY}
+             settings.services.read_only_webserver.lower(): READ_ONLY,
+             settings.services.keeper.lower(): KEEPER}
     if service.name.lower() in names:
         return names[service.name.lower()]
     command = f"{service.executable} {service.parameters}".lower()
+    if "dagpg" in command and " watch" in f" {service.parameters}".lower():
+        return KEEPER
     if _PROGRAMS[WEBSERVER] in command and "--read-only" in command:
         return READ_ONLY
     roles = [role for role, program in _PROGRAMS.items() if program in command]

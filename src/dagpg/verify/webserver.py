@@ -453,9 +453,10 @@ class WebObservation:
 
 
 def observe(base: BaseUrl, *, timeout: float, websocket: bool = False,
-            authorization: str | None = None) -> WebObservation:
+            authorization: str | None = None, info_only: bool = False) -> WebObservation:
     """server_info first; when the host does not answer at all, or asks for a login none was
-    given for, nothing else is tried."""
+    given for, nothing else is tried. `info_only`: only server_info (the keeper's liveness
+    probe)."""
     client = WebClient(base, timeout, authorization)
     obs = WebObservation(base)
     try:
@@ -466,6 +467,8 @@ def observe(base: BaseUrl, *, timeout: float, websocket: bool = False,
         obs.login_required = isinstance(exc, LoginRequired) and not authorization
         if obs.unreachable or obs.login_required:
             return obs
+    if info_only:
+        return obs
     try:
         obs.page = client.page()
     except WebError as exc:
