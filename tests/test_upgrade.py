@@ -336,3 +336,11 @@ def test_rollback_brings_back_the_old_revision_and_data(old):
                                "print(len(i.get_runs()), len(i.get_asset_keys()))"],
                         old.env, old.root).stdout.split()
     assert runs == ["8", "2"]
+
+
+@pytest.mark.parametrize("args", [(), ("--rehearse", "--apply"), ("--apply", "--backup", "x")])
+def test_usage_errors_name_the_choice(args):
+    result = run_cli("upgrade", *args)
+    assert result.exit_code == 2  # click's usage error: usage, hint, then the one line
+    assert result.stderr.strip().splitlines()[-1] in ("Error: choose one of --rehearse, --apply or --rollback",
+                                  "Error: --backup goes with --rollback")

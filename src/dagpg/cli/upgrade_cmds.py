@@ -17,12 +17,12 @@ from dagpg.settings import load_settings
 
 
 @click.command("upgrade")
-@click.option("--rehearse", "mode", flag_value="rehearse",
+@click.option("--rehearse", is_flag=True,
               help="Upgrade a copy (the newest verified backup, in a scratch database), time "
                    "it and check the history survived. Changes nothing.")
-@click.option("--apply", "mode", flag_value="apply",
+@click.option("--apply", "apply_", is_flag=True,
               help="Upgrade the instance: pre-upgrade backup, migration, verification.")
-@click.option("--rollback", "mode", flag_value="rollback",
+@click.option("--rollback", is_flag=True,
               help="Restore the pre-upgrade backup of the last upgrade.")
 @dagster_home_option
 @click.option("--dir", "directory", metavar="DIR", default=None,
@@ -34,7 +34,8 @@ from dagpg.settings import load_settings
               help="Go on although a daemon heart-beats (the services are already stopped).")
 @json_option
 @silent_option
-def upgrade(mode, dagster_home, directory, backup, force, as_json, silent) -> None:
+def upgrade(rehearse, apply_, rollback, dagster_home, directory, backup, force, as_json,
+            silent) -> None:
     """Upgrade the instance's schema to the installed Dagster: rehearse, apply, roll back.
 
     Run it after `pip install` of the new Dagster pins. --rehearse works on a copy while the
@@ -49,8 +50,11 @@ def upgrade(mode, dagster_home, directory, backup, force, as_json, silent) -> No
       dagpg upgrade --apply          # services stopped
       dagpg upgrade --rollback       # the way back; prints the pip install line
     """
-    if mode is None:
+    chosen = [m for m, on in (("rehearse", rehearse), ("apply", apply_),
+                              ("rollback", rollback)) if on]
+    if len(chosen) != 1:
         raise click.UsageError("choose one of --rehearse, --apply or --rollback")
+    mode = chosen[0]
     if backup and mode != "rollback":
         raise click.UsageError("--backup goes with --rollback")
     from dagpg import upgrade as api  # imports alembic and the backup library
