@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,6 +241,30 @@ def test_a_failing_migration_leaves_the_old_revision_and_all_data(old, tmp_path,
     assert record.read(old.backups / pre[0])["status"] == record.FAILED
 
 
+def test_killed_during_the_migration_the_database_stays_as_it_was(old, tmp_path):
+    """SIGKILL in the middle of the migration (a revision kills its own process after the one
+    before it added a column): PostgreSQL rolls the transaction back; the record says
+    `started`, and the next `--apply` (the test after this one) finishes the upgrade."""
+    scripts = failing_scripts(tmp_path / "scripts")
+    (scripts / "versions" / "zz2_dagpg_fail.py").write_text(
+        'import os\nimport signal\n\nrevision = "dagpg_probe_fail"\n'
+        'down_revision = "dagpg_probe_ok"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        "def upgrade():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    before = old.dump("--schema=public")
+    known = set(old.backups.glob("*-pre-upgrade"))
+    killed = subprocess.run(
+        [str(Path(sys.executable).parent / "dagpg"), "upgrade", "--apply", "--dir",
+         str(old.backups)], env={**os.environ, SCRIPTS_OVERRIDE_VAR: str(scripts)},
+        capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert old.sql("SELECT version_num FROM alembic_version") == [(old.revision,)]
+    assert not probe_column(old)
+    assert old.dump("--schema=public") == before
+    [pre] = set(old.backups.glob("*-pre-upgrade")) - known
+    assert record.read(pre)["status"] == record.STARTED
+    old.state["killed"] = pre
+
+
 def test_apply_refuses_while_the_daemon_heart_beats(old):
     from dagster import DagsterInstance
     from dagster._daemon.types import DaemonHeartbeat
@@ -282,6 +308,7 @@ def test_apply_upgrades_with_every_check_equal(old):
     pre = sorted(p.name for p in old.backups.glob("*-pre-upgrade"))[-1]
     rec = record.read(old.backups / pre)
     assert rec["status"] == record.APPLIED
+    assert record.read(old.state["killed"])["status"] == record.FAILED  # it never committed
     assert rec["from_versions"]["dagster"] == OLD_DAGSTER
     # The same inventory, now through Dagster's own APIs (the installed, newer Dagster).
     from dagpg.migrate.dagster_views import target_instance
@@ -290,6 +317,23 @@ def test_apply_upgrades_with_every_check_equal(old):
         after = inventory.from_dagster(dagster, old.state["inventory"])
     assert inventory.compare(old.state["inventory"], after) == []
     old.state["pre_upgrade"] = pre
+
+
+def test_apply_again_finishes_an_upgrade_killed_after_its_migration_committed(old):
+    """The state a kill between the committed migration and the end of the checks leaves: the
+    schema at head, upgrade.json `started`. The same command checks against the inventory
+    kept in upgrade.json and records the upgrade as applied; with nothing pending, it says
+    there is nothing to do."""
+    folder = old.backups / old.state["pre_upgrade"]
+    record.update(folder, status=record.STARTED)
+    result = run_cli("upgrade", "--apply", "--dir", str(old.backups), "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "resumed" and report["backup"] == old.state["pre_upgrade"]
+    assert record.read(folder)["status"] == record.APPLIED
+    again = json.loads(run_cli("upgrade", "--apply", "--dir", str(old.backups),
+                               "--json").stdout)
+    assert again["status"] == "at head" and again["backup"] is None
 
 
 def test_retention_keeps_the_pre_upgrade_backup_until_the_next_successful_upgrade(old):
