@@ -171,9 +171,15 @@ def run(old: LocalCluster, new: LocalCluster, work: Path, args) -> None:
 
 
 def cli(*args: str) -> None:
-    out = subprocess.run([str(DAGPG), *args, "--silent"], capture_output=True, text=True)
+    out = subprocess.run([str(DAGPG), *args, "--json"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"dagpg {' '.join(args)} failed: {out.stderr}{out.stdout}")
+    report = json.loads(out.stdout)
+    phases = {k: v for k, v in report.items() if k.endswith("_s")}
+    if report.get("migration"):
+        phases["migration_s"] = report["migration"]["duration_s"]
+    print(f"  dagpg {' '.join(args[:2])}: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
+          flush=True)
 
 
 def timed(fn) -> float:

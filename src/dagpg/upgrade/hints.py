@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dagpg import pg
 from dagpg.instance import Instance
+from dagpg.upgrade.record import Versions
 from dagpg.upgrade.revisions import SCRIPTS_OVERRIDE_VAR
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,8 @@ def dagster_schema_hint(instance: Instance | None, current: str | None) -> str:
         return (f"a newer Dagster than the installed {installed} wrote it: reinstall the "
                 "version its backup manifest records (`dagpg backups list`, dagster_version in "
                 "the backup's manifest.json)")
-    version, postgres, name = found
-    pins = [f'"dagster=={version}"'] + [f'"{p}=={version}"' for p in
-                                        ("dagster-webserver", "dagster-graphql") if _version(p)]
-    if postgres:
-        pins.append(f'"dagster-postgres=={postgres}"')
     return (f"a newer Dagster than the installed {installed} wrote it: reinstall the version "
-            f"backup {name}'s manifest records: pip install {' '.join(pins)}")
+            f"backup {found.source}'s manifest records: {found.pip_line()}")
 
 
 def known_revisions() -> set[str] | None:
@@ -68,9 +64,9 @@ def known_revisions() -> set[str] | None:
     return found or None
 
 
-def ahead_versions(instance: Instance, revision: str) -> tuple[str, str | None, str] | None:
-    """(dagster, dagster-postgres, backup name) from the newest catalogued backup taken at
-    `revision` by another Dagster than the installed one."""
+def ahead_versions(instance: Instance, revision: str) -> Versions | None:
+    """The versions the newest catalogued backup taken at `revision` by another Dagster than
+    the installed one records."""
     installed = _version("dagster")
     try:
         with pg.connection(instance.target, retries=0) as conn, conn.cursor() as cur:
@@ -90,7 +86,7 @@ def ahead_versions(instance: Instance, revision: str) -> tuple[str, str | None, 
             continue
         version = manifest.get("dagster_version")
         if version and version != installed:
-            return version, manifest.get("dagster_postgres_version"), name
+            return Versions(version, manifest.get("dagster_postgres_version"), name)
     return None
 
 

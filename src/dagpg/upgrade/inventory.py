@@ -13,12 +13,14 @@ plain structure; `compare()` lists every difference.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 PAGE = 1000
-MAX_LISTED = 20
+SPLIT_FROM = 20_000  # events: below this a second process costs more than it saves
 
 
 @dataclass
@@ -106,10 +108,12 @@ def _has_table(cur, table: str) -> bool:
 
 # -- after: through Dagster's APIs ----------------------------------------------------------------
 
-def from_dagster(dagster, expected: Inventory, tick: Callable[[str], None] | None = None
-                 ) -> Inventory:
+def from_dagster(dagster, expected: Inventory, tick: Callable[[str], None] | None = None,
+                 home: Path | None = None) -> Inventory:
     """Read the inventory through a DagsterInstance. Keys the API does not enumerate (check
-    keys, instigators without a state) are asked for as `expected` lists them."""
+    keys, instigators without a state) are asked for as `expected` lists them. With `home`
+    (the instance's DAGSTER_HOME) and a large history, a second process reads half the
+    events."""
     from dagster import AssetCheckKey, AssetKey
 
     say = tick or (lambda _what: None)
@@ -123,18 +127,7 @@ def from_dagster(dagster, expected: Inventory, tick: Callable[[str], None] | Non
             break
         cursor = page[-1].dagster_run.run_id
     say("runs")
-    for run_id in sorted(set(inv.runs) | set(expected.runs)):
-        count, last, cursor = 0, 0, None
-        while True:
-            conn = dagster.get_records_for_run(run_id, cursor=cursor, limit=PAGE)
-            count += len(conn.records)
-            if conn.records:
-                last = max(last, conn.records[-1].storage_id)
-            if not conn.has_more:
-                break
-            cursor = conn.cursor
-        if count:
-            inv.events[run_id] = [count, last]
+    inv.events = _events(dagster, sorted(set(inv.runs) | set(expected.runs)), expected, home)
     say("events")
     for rec in dagster.get_asset_records():
         entry = rec.asset_entry
@@ -174,6 +167,24 @@ def from_dagster(dagster, expected: Inventory, tick: Callable[[str], None] | Non
     say("ticks")
     inv.instance_id = dagster.run_storage.get_run_storage_id()
     return inv
+
+
+def _events(dagster, run_ids: list[str], expected: Inventory, home: Path | None
+            ) -> dict[str, list[int]]:
+    from dagpg.migrate.verify import _halves  # the migration's split: runs by event count
+    from dagpg.upgrade.events_worker import EventsWorker, count_events
+
+    sizes = {r: c for r, (c, _) in expected.events.items()}
+    if home is None or sum(sizes.values()) < SPLIT_FROM or (os.cpu_count() or 1) < 2:
+        return count_events(dagster, run_ids)
+    mine, theirs = _halves(run_ids, sizes)
+    worker = EventsWorker(home, theirs)
+    try:
+        found = count_events(dagster, mine)
+        found.update(worker.result())
+        return found
+    finally:
+        worker.stop()
 
 
 def _check_key(asset_key: str, name: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from dagpg.backup import manifest as mf
 from dagpg.backup.folders import Folder, scan
 from dagpg.backup.retention import UPGRADE_RECORD
+from dagpg.upgrade import revisions
 
 PRE_UPGRADE = "pre-upgrade"
 STARTED, APPLIED, FAILED, ROLLED_BACK = "started", "applied", "failed", "rolled back"
@@ -56,8 +57,6 @@ def writer_versions(directory: Path, revision: str | None) -> Versions | None:
     backup at that revision whose manifest names another Dagster than the one installed now
     (after `pip install` of the new pins, backups taken now record the new version). When the
     installed Dagster's own head is `revision`, it is the installed one."""
-    from dagpg.upgrade import revisions
-
     installed = _installed("dagster")
     for folder in reversed(scan(directory)):
         manifest = folder.manifest or {}

@@ -164,7 +164,7 @@ def verify_after(instance: Instance, before: inventory.Inventory, manifest: dict
     from dagpg.migrate.dagster_views import target_instance
 
     with target_instance(instance) as dagster:
-        after = inventory.from_dagster(dagster, before)
+        after = inventory.from_dagster(dagster, before, home=instance.home)
     differences = inventory.compare(before, after)
     with pg.connection(instance.target) as conn, conn.cursor() as cur:
         counts = mf.row_counts(cur)
