@@ -349,20 +349,30 @@ def test_retention_keeps_the_pre_upgrade_backup_until_the_next_successful_upgrad
 
 def test_the_old_dagster_is_told_which_release_wrote_the_schema(old):
     run_cli("backup", "--dest", str(old.backups))  # taken by the installed, newer Dagster
-    port = free_port()
-    out = subprocess.run(
-        [str(old.venv.python), "-c", "from dagpg.cli import main; main()", "verify", "--json",
-         "--webserver-url", f"http://127.0.0.1:{port}"],
-        env={**os.environ, **old.env, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
-        capture_output=True, text=True, cwd=old.root, timeout=120)
+    def old_dagpg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(old.venv.python), "-c", "from dagpg.cli import main; main()", *args],
+            env={**os.environ, **old.env, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+            capture_output=True, text=True, cwd=old.root, timeout=120)
+
+    out = old_dagpg("verify", "--json", "--webserver-url", f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 1, out.stderr
     check = {c["name"]: c for c in json.loads(out.stdout)["checks"]}["database"]
     newest = sorted(p.name for p in old.backups.iterdir()
                     if p.is_dir() and "pre-" not in p.name)[-1]
+    pip_new = f'pip install "dagster=={INSTALLED}" "dagster-postgres==0.29.27"'
     assert check["detail"] == (
         f"Dagster schema at {HEAD}, not head {old.revision}: a newer Dagster than the installed "
         f"{OLD_DAGSTER} wrote it: reinstall the version backup {newest}'s manifest records: "
-        f'pip install "dagster=={INSTALLED}" "dagster-postgres==0.29.27"')
+        f"{pip_new}")
+    before = old.dump()
+    out = old_dagpg("upgrade", "--apply", "--dir", str(old.backups))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"Error: the database's Dagster schema is at {HEAD}, which the installed Dagster "
+        f"{OLD_DAGSTER} does not know: a newer Dagster wrote it; reinstall it: {pip_new} "
+        f"(recorded by backup {newest})")
+    assert old.dump() == before
 
 
 def test_rollback_brings_back_the_old_revision_and_data(old):
