@@ -91,3 +91,25 @@ def test_yaml_changes_name_each_key_and_never_a_password():
          "{env: NEW_PASSWORD}"),
     ]
     assert "s3cret" not in repr(changes)
+
+
+def test_moving_onto_the_same_database_is_refused_before_connecting():
+    import pytest
+
+    from dagpg.settings import KitSettings
+    from dagpg.upgrade.errors import MoveRefusedError
+    from dagpg.upgrade.move import move_database
+
+    target = PgTarget(host="localhost", port=1, database="dagster", user="dagster")
+    here = Instance(home=Path("/a"), yaml_path=Path("/a/dagster.yaml"), target=target,
+                    storage_key="storage.postgres", compute_logs_dir=Path("/a/storage"))
+    there = Instance(home=Path("/b"), yaml_path=Path("/b/dagster.yaml"),
+                     target=PgTarget(host="127.0.0.1", port=1, database="dagster",
+                                     user="dagster"),
+                     storage_key="storage.postgres", compute_logs_dir=Path("/b/storage"))
+    with pytest.raises(MoveRefusedError) as err:
+        move_database(here, there, KitSettings())
+    assert str(err.value) == (
+        "/b/dagster.yaml names the same database as /a/dagster.yaml "
+        "(postgresql://dagster@localhost:1/dagster); give the DAGSTER_HOME of the new server's "
+        "instance")
