@@ -88,6 +88,8 @@ def _render_rehearsal(report, as_json: bool) -> None:
             *[("  step", str(s)) for s in report.steps],
             ("migration took", f"{m.duration_s:.2f}s (schema {m.schema_s:.2f}s, data "
                                f"{m.data_s:.2f}s)"),
+            ("rehearsal took", f"{report.duration_s:.1f}s (restore {report.restore_s:.1f}s, "
+                               f"checks {report.verify_s:.1f}s)"),
             ("--apply will take", f"about {report.estimate_s:.0f}s (backup "
                                   f"{report.backup_s:.1f}s, migration {m.duration_s:.1f}s, "
                                   f"checks {report.verify_s:.1f}s)"),

@@ -39,6 +39,7 @@ class RehearsalReport:
     restore_s: float = 0.0
     verify_s: float = 0.0
     backup_s: float = 0.0  # how long the pre-upgrade backup will take (the last one's time)
+    duration_s: float = 0.0  # the whole rehearsal, the scratch database's creation and drop too
     counts: dict[str, int] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -66,6 +67,7 @@ class RehearsalReport:
             "migration": self.migration.as_dict() if self.migration else None,
             "restore_s": round(self.restore_s, 3), "verify_s": round(self.verify_s, 3),
             "backup_s": round(self.backup_s, 3), "estimate_s": round(self.estimate_s, 3),
+            "duration_s": round(self.duration_s, 3),
             "counts": self.counts, "differences": self.differences, "notes": self.notes,
         }
 
@@ -80,6 +82,7 @@ def rehearse_upgrade(
     """Restore the newest verified backup into a scratch database, migrate it to the installed
     Dagster's head (timed), check through Dagster's APIs that the history survived, drop it."""
     say = progress or (lambda _msg: None)
+    rehearsal_started = time.monotonic()
     folder_dir = backup_directory(settings, directory)
     script = revisions.scripts()
     head = script.get_current_head()
@@ -119,6 +122,7 @@ def rehearse_upgrade(
         report.verify_s = time.monotonic() - started
         report.counts = before.counts()
         say(f"dropping scratch database {scratch.target.database}")
+    report.duration_s = time.monotonic() - rehearsal_started
     return report
 
 
