@@ -144,6 +144,7 @@ def test_rehearse_reports_the_change_and_leaves_the_live_database_as_it_was(old,
     monkeypatch.setattr(inventory, "SPLIT_FROM", 1)  # half the runs' events in a second process
     before = old.dump()
     databases = old.sql("SELECT datname FROM pg_database ORDER BY 1")
+    old.server.create_database("dagpg_rehearse_0123456789ab")  # as a killed rehearsal leaves
     result = run_cli("upgrade", "--rehearse", "--dir", str(old.backups), "--json")
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
@@ -158,7 +159,8 @@ def test_rehearse_reports_the_change_and_leaves_the_live_database_as_it_was(old,
     assert report["counts"] == old.inventory().counts()
     old.state["rehearsal_s"] = report["migration"]["duration_s"]
     assert old.dump() == before  # byte for byte
-    assert old.sql("SELECT datname FROM pg_database ORDER BY 1") == databases  # scratch dropped
+    # The scratch database dropped, and the one a killed rehearsal left too.
+    assert old.sql("SELECT datname FROM pg_database ORDER BY 1") == databases
 
 
 def failing_scripts(folder: Path) -> Path:

@@ -38,6 +38,7 @@ from dagpg.upgrade.errors import MoveFailedError, MoveRefusedError
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+_WORK_PREFIX = ".dagpg-move-"
 _YAML_KEYS = (("hostname", "host"), ("port", "port"), ("db_name", "database"),
               ("username", "user"), ("scheme", "scheme"))
 
@@ -114,7 +115,10 @@ def move_database(
             target_server=dst_version, tools=f"pg_dump/pg_restore {pg_dump.version}",
             backup=backup.name, yaml_path=str(source.yaml_path),
             yaml_changes=yaml_changes(source, target))
-        work = Path(tempfile.mkdtemp(prefix=".dagpg-move-", dir=_work_parent(folder_dir)))
+        parent = _work_parent(folder_dir)
+        for leftover in parent.glob(f"{_WORK_PREFIX}*"):  # a killed move's dump
+            shutil.rmtree(leftover, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=parent))
         try:
             _copy(source, target, work, report, pg_dump, pg_restore, psql, say)
         finally:

@@ -20,7 +20,7 @@ from dagpg.instance import Instance
 from dagpg.settings import KitSettings
 from dagpg.upgrade import guards, inventory, migration, record, revisions
 from dagpg.upgrade.errors import SchemaAheadError, UpgradeFailedError
-from dagpg.upgrade.scratch import scratch_instance
+from dagpg.upgrade.scratch import drop_leftovers, scratch_instance
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,13 @@ def rehearse_upgrade(
 ) -> RehearsalReport:
     """Restore the newest verified backup into a scratch database, migrate it to the installed
     Dagster's head (timed), check through Dagster's APIs that the history survived, drop it."""
-    say = progress or (lambda _msg: None)
+    with guards.upgrade_lock(instance):
+        drop_leftovers(instance)
+        return _rehearse(instance, settings, directory, progress or (lambda _msg: None))
+
+
+def _rehearse(instance: Instance, settings: KitSettings, directory, say: Progress
+              ) -> RehearsalReport:
     rehearsal_started = time.monotonic()
     folder_dir = backup_directory(settings, directory)
     script = revisions.scripts()

@@ -53,6 +53,19 @@ def scratch_instance(instance: Instance, prefix: str = "dagpg_rehearse") -> Iter
         drop_database(instance, name)
 
 
+def drop_leftovers(instance: Instance, prefix: str = "dagpg_rehearse") -> list[str]:
+    """Drop scratch databases a killed rehearsal left (call while holding the upgrade lock,
+    so no other rehearsal is using one)."""
+    with pg.connection(instance.target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                    (prefix.replace("_", "\\_") + "\\_%",))
+        names = [n for (n,) in cur.fetchall()]
+    for name in names:
+        log.info("dropping %s, left by an interrupted rehearsal", name)
+        drop_database(instance, name)
+    return names
+
+
 def drop_database(instance: Instance, name: str) -> None:
     try:
         with pg.connection(instance.target, autocommit=True) as conn, conn.cursor() as cur:
