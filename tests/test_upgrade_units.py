@@ -113,3 +113,30 @@ def test_moving_onto_the_same_database_is_refused_before_connecting():
         "/b/dagster.yaml names the same database as /a/dagster.yaml "
         "(postgresql://dagster@localhost:1/dagster); give the DAGSTER_HOME of the new server's "
         "instance")
+
+
+def test_the_rehearsal_renders_change_steps_and_times(capsys):
+    from dagpg.cli.upgrade_cmds import _render_rehearsal
+    from dagpg.upgrade.migration import MigrationResult
+    from dagpg.upgrade.rehearse import RehearsalReport
+
+    step = revisions.Step("f495c27d5019", "7e2f3204cf8e", "use longtext")
+    report = RehearsalReport(
+        backup="20261201T013000Z", backup_taken_at="2026-12-01T01:30:00.000Z",
+        backup_dagster="1.11.16", live_revision="7e2f3204cf8e", head="f495c27d5019",
+        steps=[step], migration=MigrationResult("7e2f3204cf8e", "f495c27d5019",
+                                                schema_s=0.25, data_s=1.5),
+        restore_s=4.0, verify_s=20.0, backup_s=3.0, duration_s=31.0,
+        counts={"runs": 8, "ticks": 3})
+    _render_rehearsal(report, as_json=False)
+    assert capsys.readouterr().out.splitlines() == [
+        "rehearsed on       backup 20261201T013000Z (taken 2026-12-01T01:30:00.000Z with "
+        "Dagster 1.11.16)",
+        "schema             7e2f3204cf8e -> f495c27d5019",
+        "  step             7e2f3204cf8e -> f495c27d5019 (use longtext)",
+        "migration took     1.75s (schema 0.25s, data 1.50s)",
+        "rehearsal took     31.0s (restore 4.0s, checks 20.0s)",
+        "--apply will take  about 25s (backup 3.0s, migration 1.8s, checks 20.0s)",
+        "history            8 runs, 3 ticks",
+        "checks             every one equal after the migration",
+    ]
