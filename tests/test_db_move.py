@@ -18,9 +18,11 @@ import pytest
 from dagpg import pg
 from dagpg.backup import manifest as mf
 from dagpg.instance import Instance, resolve_instance
+from dagpg.localdb import free_port
 from dagpg.pgbin import find_program, wheel_bindir
 from dagpg.upgrade.move import sequences
-from tests import pgharness
+from dagpg.verify import webserver
+from tests import pgharness, processes
 from tests.backup_support import error_line, materialize, run_cli
 
 pytestmark = pytest.mark.slow
@@ -167,6 +169,21 @@ def test_move_from_postgresql_15_to_18(servers):
         assert len(dagster.get_runs()) == 2
     finally:
         dagster.dispose()
+    # A real dagster-webserver on the new server serves the same instance id on its page.
+    workspace = servers.root / "workspace.yaml"
+    (servers.root / "defs.py").write_text("import dagster as dg\n\ndefs = dg.Definitions()\n")
+    workspace.write_text("load_from:\n  - python_file:\n      relative_path: defs.py\n"
+                         "      attribute: defs\n")
+    port = free_port()
+    web = processes.start_webserver(servers.target, port, servers.root / "logs",
+                                    workspace=workspace)
+    try:
+        base = webserver.BaseUrl.parse(f"http://127.0.0.1:{port}")
+        page = processes.wait_for(lambda: webserver.observe(base, timeout=5).page, 180,
+                                  "the webserver on the new server", web)
+        assert page.instance_id == expected
+    finally:
+        processes.stop(web)
     [run_id] = materialize(servers.target, runs=1)
     with pg.connection(dst.target) as conn, conn.cursor() as cur:
         cur.execute("SELECT min(id) FROM event_logs WHERE run_id = %s", (run_id,))
