@@ -1,9 +1,13 @@
 """`dagpg backups prune`: keep the newest backup of each of the last N days and M weeks (in the
 schedule's timezone), and always the newest backup that verified; delete the rest.
+
+Pre-upgrade backups (`dagpg upgrade --apply`) are kept until the next successful upgrade: the
+newest one whose upgrade was applied (its way back) and any newer attempt.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,12 +24,15 @@ from dagpg.settings import KitSettings
 
 log = logging.getLogger(__name__)
 
+UPGRADE_RECORD = "upgrade.json"  # written by dagpg.upgrade into its pre-upgrade backup folder
+
 
 @dataclass(frozen=True)
 class Candidate:
     name: str
     taken_at: datetime  # aware
     verified: bool
+    pinned: str | None = None  # kept whatever the calendar says, and why
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ def plan_retention(
         if week not in weeks and len(weeks) < keep_weekly:
             weeks.add(week)
             keep.setdefault(c.name, []).append(f"weekly {week[0]}-W{week[1]:02d}")
+    for c in newest_first:
+        if c.pinned:
+            keep.setdefault(c.name, []).append(c.pinned)
     newest_verified = next((c for c in newest_first if c.verified), None)
     if newest_verified is not None:
         keep.setdefault(newest_verified.name, []).append("newest verified")
@@ -88,8 +98,9 @@ def prune_backups(
     folders = {f.name: f for f in scan(directory)}
     with pg.connection(instance.target) as conn:
         rows = catalog.rows_by_name(conn)
+        pins = _upgrade_pins(folders.values())
         candidates = [
-            Candidate(name, folder.taken_at, _verified(folder, rows.get(name)))
+            Candidate(name, folder.taken_at, _verified(folder, rows.get(name)), pins.get(name))
             for name, folder in folders.items()
         ]
         backup = settings.backup
@@ -123,3 +134,20 @@ def _verified(folder, row: catalog.BackupInfo | None) -> bool:
     if row is not None and row.verify_status is not None:
         return row.verify_status == "ok"
     return bool((folder.manifest.get("verified") or {}).get("at"))
+
+
+def _upgrade_pins(folders) -> dict[str, str]:
+    """Pre-upgrade backups to keep: newest first, down to the newest whose upgrade applied."""
+    pins = {}
+    upgrades = [f for f in folders if (f.manifest or {}).get("kind") == "pre-upgrade"]
+    for folder in sorted(upgrades, key=lambda f: (f.taken_at, f.name), reverse=True):
+        try:
+            state = json.loads((folder.path / UPGRADE_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        applied = state.get("status") == "applied"
+        pins[folder.name] = ("pre-upgrade (way back from the last upgrade)" if applied
+                             else "pre-upgrade (until the next successful upgrade)")
+        if applied:
+            break
+    return pins

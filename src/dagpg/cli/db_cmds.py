@@ -135,6 +135,59 @@ def upgrade(dagster_home, as_json, silent) -> None:
     ])
 
 
+@db.command("move")
+@dagster_home_option
+@click.option("--to-dagster-home", "to_home", metavar="DIR", required=True,
+              help="The DAGSTER_HOME whose dagster.yaml names the new (empty) database.")
+@click.option("--dir", "directory", metavar="DIR", default=None,
+              help="The backups folder (a verified backup must exist; the dump is written "
+                   "there while it runs). Default: dagpg.backup.directory in config/config.yml.")
+@click.option("--force", is_flag=True,
+              help="Go on although a daemon heart-beats (the services are already stopped).")
+@json_option
+@silent_option
+def move(dagster_home, to_home, directory, force, as_json, silent) -> None:
+    """Copy the instance into the database another dagster.yaml names (a new server).
+
+    Uses pg_dump/pg_restore of the newer server's major version, loads in one transaction,
+    compares every table's row count and every sequence's position, and opens the copy with
+    Dagster (same instance id). The source is only read. Refuses while the daemon heart-beats,
+    without a verified backup, into an older server or a database that is not empty. Then
+    prints what to change in dagster.yaml.
+
+    \b
+    Example:
+      createdb -h new-server -O dagster dagster      # the new, empty database
+      dagpg db move --to-dagster-home /srv/new_home  # its dagster.yaml names it
+    """
+    from dagpg.settings import load_settings
+    from dagpg.upgrade.move import move_database
+
+    inst = resolve_instance(dagster_home)
+    other = resolve_instance(to_home)
+    report = move_database(inst, other, load_settings(dagster_home=inst.home),
+                           directory=directory, force=force,
+                           progress=progress_printer(silent, as_json))
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    emit_table([
+        ("copied", f"{report.source} (PostgreSQL {report.source_server}) -> {report.target} "
+                   f"(PostgreSQL {report.target_server}) with {report.tools}"),
+        ("compared", f"{report.tables} tables ({report.rows} rows), {report.sequences} "
+                     "sequences: no differences"),
+        ("Dagster", f"opens the copy: instance id {report.instance_id or '(none yet)'}, schema "
+                    f"{report.dagster_revision}"),
+        ("took", f"{report.duration_s:.1f}s (dump {report.dump_s:.1f}s, load "
+                 f"{report.load_s:.1f}s, checks {report.check_s:.1f}s)"),
+        ("source", "untouched"),
+    ])
+    click.echo(f"\nTo switch, stop the services and change in {report.yaml_path}:")
+    for key, old, new in report.yaml_changes:
+        click.echo(f"  {key}: {old} -> {new}")
+    click.echo("then start the services and run `dagpg verify`.")
+
+
 def _change(before: str | None, after: str | None) -> str:
     if before == after:
         return f"{after} (already at head)"

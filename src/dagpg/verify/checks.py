@@ -99,10 +99,13 @@ def database(instance: Instance | None, db: DbObservation | None) -> CheckResult
     status = db.status
     data = {"url": url, "server_version": db.server_version, **status.as_dict()}
     if not status.dagster_at_head:
+        from dagpg.upgrade.hints import dagster_schema_hint  # only when needed: reads files
+
         return CheckResult(
             name, title, FAIL,
             f"Dagster schema at {status.dagster_current or 'nothing'}, not head "
-            f"{status.dagster_head}: run `dagpg db upgrade`", data)
+            f"{status.dagster_head}: {dagster_schema_hint(instance, status.dagster_current)}",
+            data)
     if not status.kit_at_head:
         return CheckResult(
             name, title, FAIL,

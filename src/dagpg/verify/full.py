@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from dagpg.errors import ConfigurationError
+from dagpg.progress import ProgressFn
 from dagpg.settings import KitSettings
 from dagpg.verify import arcpy_license
 from dagpg.verify.checks import FAIL
@@ -26,7 +27,7 @@ def verify_full(
     *,
     wait_s: float = 0.0,
     poll_s: float = POLL_S,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
     dagster_home: str | os.PathLike | None = None,
     servy_configs: Sequence[str | os.PathLike] = (),
     **options,

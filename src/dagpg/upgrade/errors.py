@@ -1,0 +1,51 @@
+"""Errors of `dagpg upgrade` and `dagpg db move`: one line each, saying what to do next."""
+
+from __future__ import annotations
+
+from dagpg.errors import DagpgError
+
+
+class UpgradeError(DagpgError):
+    """A rehearsal, upgrade, rollback or move could not be done."""
+
+
+class UpgradeRefusedError(UpgradeError):
+    """Doing it now would be unsafe or pointless; nothing was changed."""
+
+
+class NoVerifiedBackupError(UpgradeRefusedError):
+    def __init__(self, directory: str, what: str):
+        super().__init__(
+            f"no verified backup in {directory}, and {what} needs one; run `dagpg backup` "
+            "(then `dagpg backups verify latest`) and try again")
+        self.directory = directory
+
+
+class ServicesRunningError(UpgradeRefusedError):
+    def __init__(self, daemon_type: str, age_s: float, limit_s: float, services: str, what: str):
+        super().__init__(
+            f"the Dagster daemon is running ({daemon_type} heartbeat {max(age_s, 0):.0f}s ago, "
+            f"newer than {limit_s:.0f}s); stop the services ({services}) and run {what} again, "
+            "or pass --force if they are already stopped")
+        self.daemon_type = daemon_type
+        self.age_s = age_s
+
+
+class SchemaAheadError(UpgradeRefusedError):
+    def __init__(self, revision: str, installed: str, hint: str):
+        super().__init__(
+            f"the database's Dagster schema is at {revision}, which the installed Dagster "
+            f"{installed} does not know: a newer Dagster wrote it; {hint}")
+        self.revision = revision
+
+
+class UpgradeFailedError(UpgradeError):
+    """The upgrade did not complete; the message says what state the database is in."""
+
+
+class MoveRefusedError(UpgradeRefusedError):
+    """`dagpg db move` would be unsafe; nothing was changed."""
+
+
+class MoveFailedError(UpgradeError):
+    """The copy did not complete or did not match; the source is untouched."""

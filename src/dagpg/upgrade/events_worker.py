@@ -1,0 +1,95 @@
+"""A second process reading a share of the runs' events through Dagster's API.
+
+Reading every event means deserializing it, which holds the GIL and is most of the checks'
+time; on a machine with a spare core half the runs (by events) go to this child
+(`python -m dagpg.upgrade.events_worker`, job as JSON on stdin, result as JSON on stdout), as
+the migration's verifier does. The child asks the kernel to kill it when its parent dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from dagpg.upgrade.errors import UpgradeError
+
+PAGE = 1000
+
+
+def count_events(dagster, run_ids: list[str]) -> dict[str, list[int]]:
+    """{run_id: [number of events, last storage id]} through `dagster.get_records_for_run`."""
+    found = {}
+    for run_id in run_ids:
+        count, last, cursor = 0, 0, None
+        while True:
+            conn = dagster.get_records_for_run(run_id, cursor=cursor, limit=PAGE)
+            count += len(conn.records)
+            if conn.records:
+                last = max(last, conn.records[-1].storage_id)
+            if not conn.has_more:
+                break
+            cursor = conn.cursor
+        if count:
+            found[run_id] = [count, last]
+    return found
+
+
+class EventsWorker:
+    """The child, started with its share of runs; `result()` waits for its counts."""
+
+    def __init__(self, home: Path, run_ids: list[str]):
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "dagpg.upgrade.events_worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE)
+        self._process.stdin.write(json.dumps({"home": str(home), "run_ids": run_ids}).encode())
+        self._process.stdin.close()
+
+    def result(self) -> dict[str, list[int]]:
+        output = self._process.stdout.read()
+        code = self._process.wait()
+        try:
+            data = json.loads(output)
+        except ValueError:
+            data = None
+        if code != 0 or not isinstance(data, dict) or "events" not in data:
+            raise UpgradeError(f"the process reading events failed (exit code {code}): "
+                               f"{(data or {}).get('error', 'no result')}; run the command again")
+        return data["events"]
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl
+            os._exit(1)
+
+
+def main() -> int:
+    _die_with_parent()
+    from dagpg.instance import resolve_instance
+    from dagpg.migrate.dagster_views import target_instance
+
+    try:
+        job = json.loads(sys.stdin.read())
+        with target_instance(resolve_instance(job["home"])) as dagster:
+            print(json.dumps({"events": count_events(dagster, job["run_ids"])}))
+        return 0
+    except Exception as exc:  # noqa: BLE001  (reported by the parent as one line)
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Checks made before anything changes: services stopped, a verified backup at hand."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagpg import pg
+from dagpg.backup import catalog
+from dagpg.backup import manifest as mf
+from dagpg.backup.errors import BackupCorruptError
+from dagpg.backup.folders import Folder, scan
+from dagpg.errors import DatabaseError
+from dagpg.heartbeats import read_heartbeats
+from dagpg.instance import Instance
+from dagpg.settings import KitSettings
+from dagpg.upgrade.errors import (
+    NoVerifiedBackupError,
+    ServicesRunningError,
+    UpgradeRefusedError,
+)
+
+log = logging.getLogger(__name__)
+
+
+def refuse_while_running(instance: Instance, settings: KitSettings, *, force: bool,
+                         what: str) -> None:
+    """ServicesRunningError when any daemon heartbeat is younger than the verify threshold."""
+    limit = settings.verify.heartbeat_max_age_s
+    with pg.connection(instance.target) as conn:
+        fresh = [h for h in read_heartbeats(conn) if h.age_s() < limit]
+    if not fresh:
+        return
+    if force:
+        log.warning("going on while the daemon heart-beats (--force)")
+        return
+    newest = min(fresh, key=lambda h: h.age_s())
+    services = f"{settings.services.daemon}, {settings.services.webserver}"
+    raise ServicesRunningError(newest.daemon_type, newest.age_s(), limit, services, what)
+
+
+def newest_verified_backup(instance: Instance, directory: Path, what: str) -> Folder:
+    """The newest backup in `directory` whose latest verification passed (the catalog's verdict,
+    else the check every backup passes when written), with its files intact."""
+    rows = {}
+    try:
+        with pg.connection(instance.target) as conn:
+            rows = catalog.rows_by_name(conn)
+    except DatabaseError as exc:
+        log.info("the backup catalog could not be read (%s); using the manifests", exc)
+    for folder in reversed(scan(directory)):
+        if folder.manifest is None:
+            continue
+        row = rows.get(folder.name)
+        if row is not None and row.verify_status is not None:
+            verified = row.verify_status == "ok"
+        else:
+            verified = bool((folder.manifest.get("verified") or {}).get("at"))
+        if not verified:
+            continue
+        problems = mf.check_files(folder.path, folder.manifest)
+        if problems:
+            raise BackupCorruptError(folder.name, problems[0])
+        return folder
+    raise NoVerifiedBackupError(str(directory), what)
+
+
+UPGRADE_LOCK = 7_160_017  # beside backup/lock.py's 7_160_005: one upgrade or move at a time
+
+
+@contextlib.contextmanager
+def upgrade_lock(instance: Instance) -> Iterator[None]:
+    """Hold a session-level advisory lock for the whole operation."""
+    conn = pg.connect(instance.target, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (UPGRADE_LOCK,))
+            if not cur.fetchone()[0]:
+                raise UpgradeRefusedError(
+                    f"another dagpg upgrade or move of {instance.target.where} is running (its "
+                    "advisory lock is held); wait for it to finish and run the command again")
+        yield
+    finally:
+        conn.close()
