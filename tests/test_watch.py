@@ -290,6 +290,51 @@ def test_a_service_that_never_comes_back_is_restarted_at_most_the_budget(
     assert "gave up restarting DagsterDaemon (2 restarts in the last hour)" in result.detail
 
 
+def test_a_webserver_that_answers_under_another_prefix_is_reported_not_restarted(
+        dagster_home, supervisor, tmp_path):
+    """HTTP 404 at <prefix>/server_info: the webserver is alive but misconfigured (the path
+    prefix in config.yml is not its --path-prefix); a restart cannot help."""
+    import http.server
+    import threading
+
+    from dagpg.localdb import free_port
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  (http.server's name)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ctl = str(Path(sys.executable).parent / "supervisorctl")
+    config = tmp_path / "watch.yml"
+    config.write_text(
+        "dagpg:\n  access:\n    enabled: false\n  webserver:\n"
+        f"    port: {server.server_address[1]}\n    path_prefix: /dagster\n  watch:\n"
+        f"    service_manager: supervisord\n    supervisorctl: {ctl}\n"
+        f"    supervisor_config: {supervisor.config}\n    failures_before_restart: 1\n"
+        f"    restart_grace_s: 0\n    webserver_timeout_s: 2\n"
+        f"    log_dir: {tmp_path / 'logs'}\n", encoding="utf-8")
+    keeper = Keeper(load_settings(config), dagster_home=dagster_home.home, once=True)
+    keeper.start()
+    before = supervisor.pid("DagsterWebserver")
+    try:
+        for _ in range(3):
+            keeper.run_pass()
+    finally:
+        keeper.close()
+        server.shutdown()
+    assert supervisor.pid("DagsterWebserver") == before
+    records = jsonlog.read(tmp_path / "logs" / jsonlog.FILE_NAME)
+    assert not [r for r in records if r["event"] == "action"
+                and r["target"] == "DagsterWebserver"]
+    found = [r for r in records if r["event"] == "finding" and r["target"] == "DagsterWebserver"]
+    assert found and all(r["level"] == "warning" for r in found)
+    assert "HTTP 404" in found[0]["detail"]
+
+
 # -- one keeper acts; the log; the loop -------------------------------------------------------
 
 def keeper_config(tmp_path: Path, supervisor: Supervisor, **extra) -> Path:

@@ -89,6 +89,7 @@ def stack(pg_server, template_database, tmp_path_factory):
     enabled: false
   webserver:
     port: {port}
+    path_prefix: ""
   watch:
     interval_s: 2
     service_manager: supervisord

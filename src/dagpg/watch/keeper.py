@@ -245,10 +245,11 @@ class Keeper:
     def _judge_webserver(self, key: str, events: list[Event]) -> checks.CheckResult:
         w, url = self.watched[key], self.web_urls[key]
         result, web = webserver_check(url, w.name, timeout=self.cfg.webserver_timeout_s)
-        unanswered = web.info is None
+        # Only silence (refused, timed out) is a reason to restart. A webserver that answers,
+        # but not as expected (HTTP 404 under another path prefix, another Dagster version),
+        # is misconfigured: a restart would not help; say so, do not act.
+        unanswered = web.info is None and web.unreachable
         if result.status == checks.FAIL and not unanswered:
-            # It answers, but not as expected (another Dagster version): a restart may or may
-            # not help; say so, do not act.
             events.append(Event("finding", WARNING, result.detail, target=w.name))
             w.count = 0
             return result
