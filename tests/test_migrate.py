@@ -180,7 +180,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(sqlite_home, empty_dagster_h
     assert sqlite_home.unchanged()
 
 
-def test_refuses_a_target_with_history_and_a_finished_migration(sqlite_home, dagster_home):
+def test_refuses_a_target_with_history_and_a_rerun_says_it_is_done(sqlite_home, dagster_home):
     with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO kvs (key, value) VALUES ('someone', 'was here')")
     result = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force")
@@ -192,11 +192,16 @@ def test_refuses_a_target_with_history_and_a_finished_migration(sqlite_home, dag
         cur.execute("DELETE FROM kvs")
     assert run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force",
                    "--silent").exit_code == 0
-    again = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force")
-    assert again.exit_code == 1
-    assert again.output.splitlines()[-1].startswith(
-        f"Error: target {dagster_home.target.url()} already holds migration #1 of "
-        f"{sqlite_home.home}, finished ")
+    # A retry (say, after a kill that landed after the final commit) succeeds, saying so.
+    again = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force",
+                    "--silent")
+    assert again.exit_code == 0, again.output
+    lines = again.output.splitlines()
+    assert lines[0] == (f"Already migrated: {sqlite_home.home} -> {dagster_home.target.url()} "
+                        "[migration #1]")
+    assert lines[-1].startswith(f"Note: migration #1 of {sqlite_home.home} into "
+                                f"{dagster_home.target.url()} finished ")
+    assert lines[-1].endswith(" and the source has not changed since: nothing to do")
 
 
 def test_refuses_while_the_source_daemon_heart_beats(sqlite_home, dagster_home, tmp_path):

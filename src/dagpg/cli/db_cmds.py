@@ -120,14 +120,15 @@ def upgrade(dagster_home, as_json, silent) -> None:
         return
     b, a = report.before, report.after
     emit_table([
-        ("Dagster schema", _change(b.dagster_current, a.dagster_current)),
+        ("Dagster schema", _change(b.dagster_current, a.dagster_current, report.repaired)),
         ("dagpg schema", _change(b.kit_current, a.kit_current)),
+        *(("repaired", line) for line in report.repaired),
     ])
 
 
-def _change(before: str | None, after: str | None) -> str:
+def _change(before: str | None, after: str | None, repaired: list[str] = ()) -> str:
     if before == after:
-        return f"{after} (already at head)"
+        return f"{after} ({'repaired' if repaired else 'already at head'})"
     return f"{before or 'empty'} -> {after}"
 
 

@@ -14,18 +14,14 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dagpg.migrate import cursors
+from dagpg.migrate.compare_events import PAGE, EventComparer
 from dagpg.migrate.events import Dropped
-from dagpg.migrate.pump import EventJob
 from dagpg.migrate.report import Verification
 from dagpg.migrate.verify_worker import EventsWorker, merge
 
 log = logging.getLogger(__name__)
-
-PAGE = 1000
-_HOLDS_STORAGE_IDS = {"ASSET_CHECK_EVALUATION"}
 
 
 @dataclass
@@ -37,9 +33,12 @@ class Verifier:
     dropped: Dropped
     tick: Callable[[str], None] = lambda _check: None
     result: Verification = field(default_factory=Verification)
-    worker_job: EventJob | None = None  # set: share the events with a second process
-    target_home: Path | None = None
+    # set: a second process (verify_worker.py) compares the events of the runs given to it
+    events_worker: Callable[[list[str]], EventsWorker] | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # events per run, to split evenly
+
+    def __post_init__(self) -> None:
+        self.comparer = EventComparer(self.source, self.target, self.remap, self.result)
 
     def run(self, shard_ids: list[str], index_conn: sqlite3.Connection | None,
             schedules_conn: sqlite3.Connection | None, runs_conn: sqlite3.Connection) -> Verification:
@@ -90,16 +89,16 @@ class Verifier:
 
     # -- events --------------------------------------------------------------------------------
     def events(self, shard_ids: list[str]) -> None:
-        """Each run's events in order; with a worker job, about half the runs (by events) go
-        to a second process (verify_worker.py) while this one does the rest."""
+        """Each run's events in order; with a worker, about half the runs (by events) go to a
+        second process while this one does the rest."""
         runs = [r for r in shard_ids if r not in self.dropped.runs]
         mine, theirs = runs, []
-        if self.worker_job is not None and len(runs) > 1:
+        if self.events_worker is not None and len(runs) > 1:
             mine, theirs = _halves(runs, self.sizes)
-        worker = EventsWorker(self.worker_job, self.target_home, theirs) if theirs else None
+        worker = self.events_worker(theirs) if theirs else None
         try:
             for run_id in mine:
-                self.run_events(run_id)
+                self.comparer.run_events(run_id)
                 self.tick("events")
             if worker is not None:
                 merge(self.result, worker.result())
@@ -107,47 +106,8 @@ class Verifier:
             if worker is not None:
                 worker.stop()
 
-    def run_events(self, run_id: str) -> None:
-        cur_s = cur_t = None
-        last_storage_id = 0
-        seen = 0
-        while True:
-            conn_s = self.source.get_records_for_run(run_id, cursor=cur_s, limit=PAGE)
-            conn_t = self.target.get_records_for_run(run_id, cursor=cur_t, limit=PAGE)
-            recs_s, recs_t = conn_s.records, conn_t.records
-            if len(recs_s) != len(recs_t):  # an event missing: comparing by position is moot
-                self.result.differ("events", run_id or "(runless)",
-                                   f"{seen + len(recs_s)} events in SQLite vs "
-                                   f"{seen + len(recs_t)} in PostgreSQL (or more)")
-                return
-            for rec_s, rec_t in zip(recs_s, recs_t, strict=True):
-                seen += 1
-                self.result.count("events")
-                if rec_t.storage_id <= last_storage_id:
-                    self.result.differ("events", f"{run_id or '(runless)'}#{seen}",
-                                       "order not kept in PostgreSQL")
-                last_storage_id = rec_t.storage_id
-                if self.entry(rec_s.event_log_entry) != rec_t.event_log_entry:
-                    self.result.differ("events", f"{run_id or '(runless)'}#{seen}",
-                                       f"event differs ({rec_t.event_log_entry.dagster_event_type})")
-            if not (conn_s.has_more or conn_t.has_more):
-                return
-            cur_s, cur_t = conn_s.cursor, conn_t.cursor
-
     def entry(self, entry):
-        """A source EventLogEntry with the storage ids it holds mapped to the new space.
-
-        Of all event types only asset check evaluations hold one (their target
-        materialization); the rest are returned as they are, unserialized (it is the hot path).
-        """
-        from dagster_shared.serdes import deserialize_value, serialize_value
-
-        if entry.dagster_event_type not in _HOLDS_STORAGE_IDS:
-            return entry
-        text = serialize_value(entry)
-        if 'storage_id"' not in text:
-            return entry
-        return deserialize_value(cursors.remap_serialized(text, self.remap))
+        return self.comparer.entry(entry)
 
     def record(self, rec):
         if rec is None:
