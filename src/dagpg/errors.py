@@ -92,11 +92,12 @@ class SchemaIncompleteError(DatabaseError):
 
 class ConnectionLostError(DatabaseError):
     def __init__(self, where: str, reason: str, doing: str = ""):
+        at = f" at {where}" if where else ""
         during = f" while {doing}" if doing else ""
         super().__init__(
-            f"lost the connection to PostgreSQL at {where}{during} ({reason}); check that the "
-            "server runs (for the local server: `dagpg db status`, `dagpg db up`), then run "
-            "the same command again"
+            f"lost the connection to PostgreSQL{at}{during} ({reason}); check that the server "
+            "runs (for the local server: `dagpg db status`, `dagpg db up`), then run the same "
+            "command again"
         )
         self.where = where
         self.reason = reason

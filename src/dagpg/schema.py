@@ -122,6 +122,11 @@ def upgrade(instance: Instance, progress: Callable[[str], None] | None = None) -
     missing) is repaired first: see dagster_schema.py.
     """
     say = progress or (lambda _msg: None)
+    with pg.lost_connection(instance.target, "upgrading the schemas"):
+        return _upgrade(instance, say)
+
+
+def _upgrade(instance: Instance, say: Callable[[str], None]) -> UpgradeReport:
     before = schema_status(instance)
     with pg.connection(instance.target, autocommit=True) as lock_conn:
         with lock_conn.cursor() as cur:
