@@ -19,7 +19,7 @@ _HOLDS_STORAGE_IDS = {"ASSET_CHECK_EVALUATION"}
 class EventComparer:
     source: object        # DagsterInstance over SQLite (read-only)
     target: object        # DagsterInstance over PostgreSQL
-    remap: cursors.Remap  # index id -> new id
+    ids: cursors.IdMap    # the source's storage ids -> the target's
     result: Verification
 
     def run_events(self, run_id: str) -> None:
@@ -62,4 +62,4 @@ class EventComparer:
         text = serialize_value(entry)
         if 'storage_id"' not in text:
             return entry
-        return deserialize_value(cursors.remap_serialized(text, self.remap))
+        return deserialize_value(cursors.remap_serialized(text, self.ids))

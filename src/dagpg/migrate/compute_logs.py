@@ -1,22 +1,25 @@
-"""The source's compute logs (each step's captured stdout/stderr), copied into the target
-instance's compute-log folder, then compared through Dagster's compute log manager.
+"""The source's compute logs (the captured stdout/stderr of each run's steps, and of sensor
+and schedule evaluations), copied into the target instance's compute-log folder, then compared
+through Dagster's compute log manager.
 
-Dagster's LocalComputeLogManager keeps them as files `<base_dir>/<run_id>/compute_logs/<key>.out`,
-`.err` and `.complete` (the UI reads them there). Runs are copied in sorted order, in units of up
-to UNIT_FILES files committed as steps of the migration (`logs:<n>`, detail: the unit's last
-run, files, bytes), so a resumed migration continues after the last committed unit. Each file is
-written under a temporary name, read back and compared with the source's SHA-256, then renamed
-into place: a file in the target is whole or absent, and a unit a kill interrupted is redone.
-The source is only read. Logs kept elsewhere (S3, Azure, a custom manager) are not copied; the
-report says so.
+Dagster's LocalComputeLogManager keeps them as files `<base_dir>/<log key>.out`, `.err` and
+`.complete`; a run's keys are `[run_id, "compute_logs", step]`, a tick's are in its tick body.
+The files are copied in the order of their paths, in units of up to UNIT_FILES files committed
+as steps of the migration (`logs:<n>`, detail: the unit's last path and its bytes), so a resumed
+migration continues after the last committed unit. Each file is written under a temporary name,
+read back and compared with the source's SHA-256, then renamed into place: a file in the target
+is whole or absent, and a unit a kill interrupted is simply redone. The source is only read.
+Logs kept elsewhere (S3, Azure, a custom manager) are not copied; the report says so.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_MANAGER = "LocalComputeLogManager"
 SUBFOLDER = "compute_logs"  # Dagster's log key: [run_id, "compute_logs", file_key]
+_EXTENSIONS = ("out", "err", "complete")
 UNIT_FILES = 1000
 _CHUNK = 1 << 20
 _TMP_SUFFIX = ".dagpg-copy"
@@ -43,23 +47,23 @@ class LogsPlan:
 
     source: Path | None = None
     target: Path | None = None
-    skipped: str | None = None                      # why nothing is copied
-    runs: dict[str, int] = field(default_factory=dict)  # run id -> files in its folder
+    skipped: str | None = None                        # why nothing is copied
+    files: list[str] = field(default_factory=list)    # relative paths, sorted
+    runs: list[str] = field(default_factory=list)     # runs with a compute_logs folder
+    ticks: list[list[str]] = field(default_factory=list)  # log keys of sensor/schedule ticks
     bytes: int = 0
-
-    @property
-    def files(self) -> int:
-        return sum(self.runs.values())
 
     def as_dict(self) -> dict:
         return {"source": None if self.source is None else str(self.source),
                 "target": None if self.target is None else str(self.target),
-                "runs": len(self.runs), "files": self.files, "bytes": self.bytes,
-                "skipped": self.skipped}
+                "runs": len(self.runs), "ticks": len(self.ticks), "files": len(self.files),
+                "bytes": self.bytes, "skipped": self.skipped}
 
 
-def plan(layout: SourceLayout, instance: Instance, run_ids: list[str]) -> LogsPlan:
-    """Find the source's compute logs of `run_ids` and check each file can be read."""
+def plan(layout: SourceLayout, instance: Instance, run_ids: list[str],
+         tick_keys: list[list[str]]) -> LogsPlan:
+    """The source's captured logs of `run_ids` (each run's compute_logs folder) and of the
+    sensor and schedule ticks (`tick_keys`, from job_ticks), each file checked readable."""
     source, why = _source_dir(layout)
     if source is None:
         return LogsPlan(skipped=why)
@@ -70,60 +74,68 @@ def plan(layout: SourceLayout, instance: Instance, run_ids: list[str]) -> LogsPl
     if not source.is_dir():
         found.skipped = f"{source} does not exist: no compute logs to copy"
         return found
+    paths: list[Path] = []
     for run_id in run_ids:
         folder = source / run_id / SUBFOLDER
-        if not run_id or not folder.is_dir():
-            continue
-        names = _names(folder)
-        for name in names:
-            path = folder / name
-            if not os.access(path, os.R_OK):
-                raise UnreadableSourceError(str(path), "permission denied")
-            found.bytes += path.stat().st_size
-        found.runs[run_id] = len(names)
+        if run_id and _inside(source, folder) and folder.is_dir():
+            found.runs.append(run_id)
+            paths += [folder / name for name in _names(folder)]
+    for key in tick_keys:
+        *namespace, base = key
+        folder = source.joinpath(*namespace)
+        kept = [folder / f"{base}.{ext}" for ext in _EXTENSIONS]
+        kept = [p for p in kept if _inside(source, p) and p.is_file()]
+        if kept:
+            found.ticks.append(key)
+            paths += kept
+    for path in paths:
+        if not os.access(path, os.R_OK):
+            raise UnreadableSourceError(str(path), "permission denied")
+        found.bytes += path.stat().st_size
+    found.files = sorted({p.relative_to(source).as_posix() for p in paths})
     return found
 
 
 def copy(conn, migration_id: int, logs: LogsPlan,
          tick: Callable[[int], None] | None = None) -> int:
     """Copy what is left after the committed units; returns the files copied now."""
-    if logs.skipped or not logs.runs:
+    if logs.skipped or not logs.files:
         return 0
     done = state.steps(conn, migration_id, "logs:")
     conn.rollback()
-    after = max((d.get("last_run", "") for _, _, d in done), default="")
+    after = max((d.get("last", "") for _, _, d in done), default="")
     if tick and done:
         tick(sum(rows for _, rows, _ in done))
     copied = 0
-    for unit_no, runs in enumerate(_units(logs, after), len(done) + 1):
-        files = size = 0
-        for run_id in runs:
-            n, b = _copy_run(logs.source / run_id / SUBFOLDER, logs.target / run_id / SUBFOLDER)
-            files, size = files + n, size + b
+    left = [f for f in logs.files if f > after]
+    for unit_no, start in enumerate(range(0, len(left), UNIT_FILES), len(done) + 1):
+        unit = left[start:start + UNIT_FILES]
+        size = sum(_copy_file(logs.source / rel, logs.target / rel) for rel in unit)
         with conn.cursor() as cur:
-            state.record_step(cur, migration_id, f"logs:{unit_no}", files,
-                              {"last_run": runs[-1], "runs": len(runs), "bytes": size})
+            state.record_step(cur, migration_id, f"logs:{unit_no}", len(unit),
+                              {"last": unit[-1], "bytes": size})
         conn.commit()
-        copied += files
+        copied += len(unit)
         if tick:
-            tick(files)
+            tick(len(unit))
     return copied
 
 
 def compare(result: Verification, logs: LogsPlan, target_manager,
             tick: Callable[[str], None] = lambda _c: None) -> None:
-    """Each run's captured logs, read through Dagster's compute log managers, equal on both
-    sides (keys, stdout, stderr, completeness)."""
+    """Every run's and tick's captured logs, read through Dagster's compute log managers,
+    equal on both sides: the same log keys in each run, the same stdout, stderr, completeness."""
     from dagster._core.storage.compute_log_manager import ComputeIOType
     from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 
-    if logs.skipped or not logs.runs:
+    if logs.skipped or not logs.files:
         return
     if not isinstance(target_manager, LocalComputeLogManager):
         result.differ("compute logs", "*", f"the target's compute log manager is "
                       f"{type(target_manager).__name__}, not {LOCAL_MANAGER}")
         return
     source_manager = LocalComputeLogManager(str(logs.source))
+    keys: list[tuple[str, ...]] = []
     for run_id in logs.runs:
         prefix = [run_id, SUBFOLDER]
         keys_s, keys_t = (_keys(m, prefix, ComputeIOType) for m in (source_manager,
@@ -132,15 +144,31 @@ def compare(result: Verification, logs: LogsPlan, target_manager,
             result.differ("compute logs", "/".join(key), "missing in the target")
         for key in sorted(keys_t - keys_s):
             result.differ("compute logs", "/".join(key), "only in the target")
-        for key in sorted(keys_s & keys_t):
-            result.count("compute logs")
-            a, b = source_manager.get_log_data(list(key)), target_manager.get_log_data(list(key))
-            if (a.stdout, a.stderr) != (b.stdout, b.stderr):
-                result.differ("compute logs", "/".join(key), "captured output differs")
-            elif source_manager.is_capture_complete(list(key)) != \
-                    target_manager.is_capture_complete(list(key)):
-                result.differ("compute logs", "/".join(key), "completeness differs")
-        tick("compute logs")
+        keys += sorted(keys_s & keys_t)
+    keys += [tuple(k) for k in logs.ticks]
+    for key in keys:
+        result.count("compute logs")
+        a, b = source_manager.get_log_data(list(key)), target_manager.get_log_data(list(key))
+        if (a.stdout, a.stderr) != (b.stdout, b.stderr):
+            result.differ("compute logs", "/".join(key), "captured output differs")
+        elif source_manager.is_capture_complete(list(key)) != \
+                target_manager.is_capture_complete(list(key)):
+            result.differ("compute logs", "/".join(key), "completeness differs")
+    tick("compute logs")
+
+
+def tick_log_keys(schedules_conn) -> list[list[str]]:
+    """The log keys sensor and schedule ticks recorded (their evaluation's captured logs)."""
+    if schedules_conn is None:
+        return []
+    try:
+        rows = schedules_conn.execute("SELECT DISTINCT json_extract(tick_body, '$.log_key') "
+                                      "FROM job_ticks WHERE tick_body LIKE '%\"log_key\"%'")
+        keys = [json.loads(r[0]) for r in rows if r[0]]
+    except (sqlite3.DatabaseError, ValueError):
+        return []
+    return sorted(k for k in keys if isinstance(k, list) and k
+                  and all(isinstance(p, str) and p for p in k))
 
 
 # -- where the logs are -----------------------------------------------------------------------
@@ -191,33 +219,9 @@ def _names(folder: Path) -> list[str]:
                   if e.is_file(follow_symlinks=False) and not e.name.endswith(_TMP_SUFFIX))
 
 
-def _units(logs: LogsPlan, after: str) -> Iterator[list[str]]:
-    unit: list[str] = []
-    files = 0
-    for run_id in sorted(logs.runs):
-        if run_id <= after:
-            continue
-        unit.append(run_id)
-        files += logs.runs[run_id]
-        if files >= UNIT_FILES:
-            yield unit
-            unit, files = [], 0
-    if unit:
-        yield unit
-
-
-def _copy_run(source: Path, target: Path) -> tuple[int, int]:
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        for leftover in target.glob(f".*{_TMP_SUFFIX}"):  # of a killed attempt
-            leftover.unlink()
-    except OSError as exc:
-        raise _write_error(target, exc) from None
-    files = size = 0
-    for name in _names(source):
-        size += _copy_file(source / name, target / name)
-        files += 1
-    return files, size
+def _inside(base: Path, path: Path) -> bool:
+    """`path` stays under `base` (log keys come from the source's data: no `..` escapes)."""
+    return ".." not in path.relative_to(base).parts if path.is_relative_to(base) else False
 
 
 def _copy_file(source: Path, target: Path) -> int:
@@ -225,6 +229,7 @@ def _copy_file(source: Path, target: Path) -> int:
     tmp = target.with_name(f".{target.name}{_TMP_SUFFIX}")
     digest = hashlib.sha256()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(source, "rb") as src:
             stat = os.fstat(src.fileno())
             with open(tmp, "wb") as dst:

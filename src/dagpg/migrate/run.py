@@ -134,7 +134,8 @@ class _Migration:
                      *(layout.shard_path(r) for r in self.shard_ids)]
             self.say.start("check", len(paths), "files")
             check_integrity(files, paths, tick=self.say.tick)
-            self.logs = compute_logs.plan(layout, self.instance, _run_ids(files))
+            self.logs = compute_logs.plan(layout, self.instance, _run_ids(files),
+                                          _tick_log_keys(files))
         if self.logs.skipped:
             self.report.notes.append(f"compute logs not copied: {self.logs.skipped}")
 
@@ -256,7 +257,7 @@ class _Migration:
                                                   self.instance.home, run_ids))
             with source_instance(self.files, self.scratch) as src, \
                     target_instance(self.instance) as tgt:
-                verifier = Verifier(src, tgt, self.plan.floor, self.sensor_types,
+                verifier = Verifier(src, tgt, self.plan.ids(), self.sensor_types,
                                     self.copier.dropped, tick=lambda _c: self.say.tick(1),
                                     events_worker=worker, sizes=self.plan.sizes())
                 result = verifier.run(self.shard_ids, self.conns[INDEX],
@@ -315,6 +316,11 @@ def _run_ids(files: SourceFiles) -> list[str]:
             return sorted(r[0] for r in conn.execute("SELECT run_id FROM runs"))
         except sqlite3.DatabaseError as exc:
             raise sqlite_error(files.layout.runs_db, exc) from None
+
+
+def _tick_log_keys(files: SourceFiles) -> list[list[str]]:
+    with _closing(files.connect(files.layout.schedules_db, required=False)) as conn:
+        return compute_logs.tick_log_keys(conn)
 
 
 def _source_counts(files: SourceFiles) -> dict[str, int]:

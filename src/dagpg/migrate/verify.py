@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class Verifier:
     source: object        # DagsterInstance over SQLite (read-only)
     target: object        # DagsterInstance over PostgreSQL
-    remap: cursors.Remap  # index id -> new id
+    ids: cursors.IdMap    # the source's storage ids -> the target's
     sensor_types: dict[str, str]
     dropped: Dropped
     tick: Callable[[str], None] = lambda _check: None
@@ -38,7 +38,7 @@ class Verifier:
     sizes: dict[str, int] = field(default_factory=dict)  # events per run, to split evenly
 
     def __post_init__(self) -> None:
-        self.comparer = EventComparer(self.source, self.target, self.remap, self.result)
+        self.comparer = EventComparer(self.source, self.target, self.ids, self.result)
 
     def run(self, shard_ids: list[str], index_conn: sqlite3.Connection | None,
             schedules_conn: sqlite3.Connection | None, runs_conn: sqlite3.Connection) -> Verification:
@@ -110,9 +110,15 @@ class Verifier:
         return self.comparer.entry(entry)
 
     def record(self, rec):
+        """A source record as the target should hold it: its storage id names its event."""
         if rec is None:
             return None
-        return (self.remap(rec.storage_id), self.entry(rec.event_log_entry))
+        entry = rec.event_log_entry
+        key = entry.dagster_event.asset_key if entry.dagster_event else None
+        ref = cursors.EventRef(entry.run_id, entry.timestamp,
+                               key.to_string() if key else None,
+                               entry.dagster_event_type.value if entry.dagster_event_type else "")
+        return (self.ids.event(rec.storage_id, ref), self.entry(entry))
 
     # -- assets --------------------------------------------------------------------------------
     def assets(self) -> None:
@@ -224,7 +230,7 @@ class Verifier:
         states_t = {s.selector_id: s for s in self.target.all_instigator_state()}
         for state in self.source.all_instigator_state():
             self.result.count("instigator states")
-            body, _ = cursors.remap_instigator_body(serialize_value(state), self.remap)
+            body, _ = cursors.remap_instigator_body(serialize_value(state), self.ids)
             expected = deserialize_value(body)
             other = states_t.pop(state.selector_id, None)
             if other != expected:
@@ -256,7 +262,7 @@ class Verifier:
                     self.result.count("ticks")
                     b = window.pop(a.tick_id, None)
                     body, _ = cursors.remap_tick_body(serialize_value(a.tick_data), sensor_type,
-                                                      self.remap)
+                                                      self.ids)
                     if b is None:
                         self.result.differ("ticks", f"{a.instigator_name}#{a.tick_id}",
                                            "missing in PostgreSQL")
@@ -311,7 +317,7 @@ class Verifier:
         for key in sorted(keys):
             self.result.count("daemon cursors (kvs)")
             try:
-                expected = cursors.remap_kv(key, got_s.get(key), self.remap)
+                expected = cursors.remap_kv(key, got_s.get(key), self.ids)
             except cursors.Unreadable:
                 expected = got_s.get(key)
             if expected != got_t.get(key):

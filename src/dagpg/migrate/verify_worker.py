@@ -100,7 +100,7 @@ def main() -> int:
         result = Verification()
         with source_instance(job.files, job.files.scratch) as src, \
                 target_instance(resolve_instance(job.target_home)) as tgt:
-            comparer = EventComparer(src, tgt, plan.floor, result)
+            comparer = EventComparer(src, tgt, plan.ids(), result)
             for run_id in job.run_ids:
                 comparer.run_events(run_id)
         output = result.as_dict()
