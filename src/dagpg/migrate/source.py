@@ -239,8 +239,9 @@ def check_integrity(files: SourceFiles, paths: list[Path],
             raise sqlite_error(path, exc) from None
         finally:
             conn.close()
-        if problem != "ok":
-            raise CorruptSourceError(str(path), problem)
+        if problem != "ok":  # e.g. "*** in database main ***\nPage 5: btreeInitPage() ..."
+            raise CorruptSourceError(str(path), " ".join(
+                problem.replace("*** in database main ***", "").split()))
 
     # SQLite reads without the GIL, so two threads use both cores of a small server.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dagpg-check") as pool:
