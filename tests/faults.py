@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg2
 from psycopg2 import sql
 
 from dagpg import pg
@@ -38,7 +39,8 @@ def creation_blocked(target, table: str) -> Iterator[None]:
                 sql.Identifier(table)))
         yield
     finally:
-        conn.rollback()
+        with contextlib.suppress(psycopg2.Error):  # the server may have been stopped meanwhile
+            conn.rollback()
         conn.close()
 
 

@@ -396,6 +396,12 @@ class _Timer:
                 time.monotonic() - start
 
 
+_DOING = {"inspect": "reading the source", "check": "checking the source",
+          "plan": "planning the copy", "schema": "creating the target's schema",
+          "tables": "copying tables", "events": "copying events",
+          "logs": "copying compute logs", "verify": "verifying the copy"}
+
+
 class _Say:
     """Progress events for one phase at a time."""
 
@@ -405,7 +411,7 @@ class _Say:
 
     @property
     def doing(self) -> str:
-        return f"the migration's {self.phase} phase" if self.phase else "starting the migration"
+        return _DOING.get(self.phase, f"migrating ({self.phase})" if self.phase else "starting")
 
     def start(self, phase: str, total: int, unit: str) -> None:
         self.phase, self.total, self.unit, self.done = phase, total, unit, 0
