@@ -107,7 +107,9 @@ def upgrade(dagster_home, as_json, silent) -> None:
     """Bring Dagster's schema and the kit's (schema `dagpg`) to head.
 
     Dagster's tables are created or migrated the way `dagster instance migrate` does; the kit's
-    tables by alembic, with their own version table. Running it twice changes nothing.
+    tables by alembic, with their own version table. Running it twice changes nothing. A Dagster
+    schema whose creation was interrupted (stamped at head, tables or data migrations missing,
+    compared with Dagster's models) is rebuilt while it holds no history, completed otherwise.
 
     \b
     Example:
