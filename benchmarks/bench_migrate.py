@@ -351,6 +351,8 @@ def main() -> None:
                               "without verify": round(rate_no_verify / rate_plain, 2)},
             "vs_api_replay": {"event copy phase": round(rate_copy_phase / rate_replay),
                               "whole command incl. verify": round(rate_total / rate_replay)},
+            "integrity_check_s": round(statistics.median(
+                r[0]["timings_s"].get("check", 0) for r in runs), 2),
             "peak_rss_mb": round(rss / 2**20),
             "peak_rss_with_render_process_mb": round(tree_rss / 2**20),
             "load_average": os.getloadavg(),
@@ -369,6 +371,10 @@ def main() -> None:
               f"{', '.join(f'{c[1]:.1f}s' for c in copies)})")
         print(f"  verification           {events / timings['verify']:>10,.0f} events/s "
               "(both instances, through Dagster's APIs)")
+        check = statistics.median(r[0]["timings_s"].get("check", 0) for r in runs)
+        print(f"  integrity check        {check:>10.2f} s  (every page of every file, before "
+              f"writing): {check / elapsed:.1%} of the whole command, "
+              f"{check / no_verify:.1%} of the migration without verify")
         print(f"  API replay ({replayed} ev) {rate_replay:>10,.1f} events/s")
         print(f"  peak RSS               {rss / 2**20:>10,.0f} MB (target <= 512 MB); with the "
               f"event-rendering child: {tree_rss / 2**20:,.0f} MB (sampled every 0.2 s)")

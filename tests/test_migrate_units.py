@@ -238,3 +238,24 @@ def test_a_pointer_names_its_own_event_while_a_cursor_may_move_back(tmp_path):
     tree = json.loads(cursors.remap_serialized(evaluation, plan.ids()))
     target = tree["dagster_event"]["event_specific_data"]["target_materialization_data"]
     assert target["storage_id"] == 3
+
+
+def test_the_verification_process_relays_its_error_and_exit_code(tmp_path):
+    """Its one line and exit code reach the parent as they are (as pump.py's do)."""
+    from dagpg.errors import NotPostgresError
+    from dagpg.migrate.errors import VerifyProcessError
+    from dagpg.migrate.verify_worker import EventsWorker, VerifyJob
+
+    home = tmp_path / "not_postgres"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("storage:\n  sqlite:\n    base_dir: /nowhere\n")
+    files = SourceFiles(discover(make_base(tmp_path / "source")), tmp_path / "scratch")
+    worker = EventsWorker(VerifyJob(files, tmp_path / "plan.db", home, ["a-run"]))
+    try:
+        with pytest.raises(VerifyProcessError) as failed:
+            worker.result()
+    finally:
+        worker.stop()
+    expected = NotPostgresError(str(home / "dagster.yaml"), "SQLite (storage.sqlite)")
+    assert str(failed.value) == str(expected)
+    assert failed.value.exit_code == expected.exit_code == 2

@@ -96,10 +96,11 @@ def main() -> int:
     children.watch_parent()
     try:
         job = VerifyJob.from_json(sys.stdin.read())
+        target = resolve_instance(job.target_home)
         plan = EventPlan(job.plan_path, readonly=True)
         result = Verification()
         with source_instance(job.files, job.files.scratch) as src, \
-                target_instance(resolve_instance(job.target_home)) as tgt:
+                target_instance(target) as tgt:
             comparer = EventComparer(src, tgt, plan.ids(), result)
             for run_id in job.run_ids:
                 comparer.run_events(run_id)
