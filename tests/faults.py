@@ -71,6 +71,15 @@ def kill_while_creating(proc: subprocess.Popen, target, table: str,
                        what="the killed process's session to end")
 
 
+def stop_immediately(cluster) -> None:
+    """`pg_ctl stop -m immediate`: every server process quits at once, as in a crash."""
+    from dagpg.localdb import _server_user
+
+    subprocess.run([cluster._program("pg_ctl"), "stop", "-D", str(cluster.data_dir), "-m",
+                    "immediate", "-w"], user=_server_user(), cwd="/", check=True,
+                   capture_output=True, timeout=120)
+
+
 def children(pid: int) -> list[int]:
     """Processes whose parent is `pid` (Linux /proc)."""
     found = []

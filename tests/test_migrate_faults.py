@@ -90,7 +90,7 @@ def test_postgres_stopping_mid_migration_is_one_line_and_the_rerun_finishes(smal
             processes.wait_for(lambda: faults.waiting_sessions(target, waiting_in),
                                timeout=180, what=f"the migration to wait in {waiting_in}",
                                proc=proc)
-            server.cluster.down(mode="immediate")
+            faults.stop_immediately(server.cluster)
             stderr = seen + proc.stderr.read()
             assert proc.wait(120) == 1, stderr
             server.cluster.up()

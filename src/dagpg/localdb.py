@@ -108,12 +108,12 @@ class LocalCluster:
             self._start()
         return self.status()
 
-    def down(self, progress: Progress | None = None, *, mode: str = "fast") -> ClusterStatus:
-        """Stop the cluster if it runs (pg_ctl's shutdown `mode`). Idempotent."""
+    def down(self, progress: Progress | None = None) -> ClusterStatus:
+        """Stop the cluster if it runs. Idempotent."""
         if self._pg_ctl_status() == 0:
             (progress or (lambda _m: None))("stopping PostgreSQL")
             result = self._run_as_server(
-                [self._program("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w",
+                [self._program("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
                  "-t", "60", "-s"]
             )
             if result.returncode != 0:
