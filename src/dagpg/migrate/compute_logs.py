@@ -29,7 +29,7 @@ from dagpg.instance import Instance
 from dagpg.migrate import state
 from dagpg.migrate.errors import MigrateError, UnreadableSourceError
 from dagpg.migrate.report import Verification
-from dagpg.migrate.source import SourceLayout
+from dagpg.migrate.source import SourceFiles, SourceLayout, sqlite_error
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,10 @@ class LogsPlan:
                 "bytes": self.bytes, "skipped": self.skipped}
 
 
-def plan(layout: SourceLayout, instance: Instance, run_ids: list[str],
-         tick_keys: list[list[str]]) -> LogsPlan:
-    """The source's captured logs of `run_ids` (each run's compute_logs folder) and of the
-    sensor and schedule ticks (`tick_keys`, from job_ticks), each file checked readable."""
-    source, why = _source_dir(layout)
+def plan(files: SourceFiles, instance: Instance) -> LogsPlan:
+    """The source's captured logs of its runs (each run's compute_logs folder) and of its
+    sensor and schedule ticks (the log keys in job_ticks), each file checked readable."""
+    source, why = _source_dir(files.layout)
     if source is None:
         return LogsPlan(skipped=why)
     target, why = _target_dir(instance)
@@ -75,12 +74,12 @@ def plan(layout: SourceLayout, instance: Instance, run_ids: list[str],
         found.skipped = f"{source} does not exist: no compute logs to copy"
         return found
     paths: list[Path] = []
-    for run_id in run_ids:
+    for run_id in _run_ids(files):
         folder = source / run_id / SUBFOLDER
         if run_id and _inside(source, folder) and folder.is_dir():
             found.runs.append(run_id)
             paths += [folder / name for name in _names(folder)]
-    for key in tick_keys:
+    for key in _tick_log_keys(files):
         *namespace, base = key
         folder = source.joinpath(*namespace)
         kept = [folder / f"{base}.{ext}" for ext in _EXTENSIONS]
@@ -157,16 +156,29 @@ def compare(result: Verification, logs: LogsPlan, target_manager,
     tick("compute logs")
 
 
-def tick_log_keys(schedules_conn) -> list[list[str]]:
+def _run_ids(files: SourceFiles) -> list[str]:
+    conn = files.connect(files.layout.runs_db)
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT run_id FROM runs"))
+    except sqlite3.DatabaseError as exc:
+        raise sqlite_error(files.layout.runs_db, exc) from None
+    finally:
+        conn.close()
+
+
+def _tick_log_keys(files: SourceFiles) -> list[list[str]]:
     """The log keys sensor and schedule ticks recorded (their evaluation's captured logs)."""
-    if schedules_conn is None:
+    conn = files.connect(files.layout.schedules_db, required=False)
+    if conn is None:
         return []
     try:
-        rows = schedules_conn.execute("SELECT DISTINCT json_extract(tick_body, '$.log_key') "
-                                      "FROM job_ticks WHERE tick_body LIKE '%\"log_key\"%'")
+        rows = conn.execute("SELECT DISTINCT json_extract(tick_body, '$.log_key') FROM "
+                            "job_ticks WHERE tick_body LIKE '%\"log_key\"%'").fetchall()
         keys = [json.loads(r[0]) for r in rows if r[0]]
     except (sqlite3.DatabaseError, ValueError):
-        return []
+        return []  # an old schedules.db without job_ticks: no tick logs
+    finally:
+        conn.close()
     return sorted(k for k in keys if isinstance(k, list) and k
                   and all(isinstance(p, str) and p for p in k))
 

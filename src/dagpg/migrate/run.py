@@ -29,20 +29,19 @@ from pathlib import Path
 from dagpg import pg, schema
 from dagpg.heartbeats import newest, read_heartbeats
 from dagpg.instance import Instance
-from dagpg.migrate import compute_logs, state, target
+from dagpg.migrate import compute_logs, counts, state, target
 from dagpg.migrate import revisions as revs
 from dagpg.migrate.copier import Copier
 from dagpg.migrate.dagster_views import source_instance, target_instance
 from dagpg.migrate.errors import MigrateError, SourceInUseError, TargetBusyError, VerificationError
 from dagpg.migrate.idmap import EventPlan, check_missing_shards
-from dagpg.migrate.report import MigrationReport, Progress, ProgressFn, TableCount
+from dagpg.migrate.report import MigrationReport, Progress, ProgressFn
 from dagpg.migrate.source import (
     SourceFiles,
     SourceLayout,
     check_integrity,
     discover,
     fingerprint,
-    sqlite_error,
 )
 from dagpg.migrate.tables import INDEX, RUNS, SCHEDULES, SKIPPED, TABLES, Transforms, sensor_types
 from dagpg.migrate.verify import Verifier
@@ -134,8 +133,7 @@ class _Migration:
                      *(layout.shard_path(r) for r in self.shard_ids)]
             self.say.start("check", len(paths), "files")
             check_integrity(files, paths, tick=self.say.tick)
-            self.logs = compute_logs.plan(layout, self.instance, _run_ids(files),
-                                          _tick_log_keys(files))
+            self.logs = compute_logs.plan(files, self.instance)
         if self.logs.skipped:
             self.report.notes.append(f"compute logs not copied: {self.logs.skipped}")
 
@@ -169,7 +167,7 @@ class _Migration:
         self.stats = stats
         self.report.revisions = found.as_dict()
         with self.timer("plan"):
-            self.source_counts = _source_counts(self.files)
+            self.source_counts = counts.source_counts(self.files)
             self.report.plan = {"shards": len(self.shard_ids), "events": stats.as_dict(),
                                 "tables": self.source_counts, "skipped": SKIPPED,
                                 "compute_logs": self.logs.as_dict(),
@@ -234,8 +232,9 @@ class _Migration:
     def reset_sequences(self) -> None:
         with self.timer("sequences"):
             self.copier.reset_sequences()
-        self.report.tables = _table_counts(self.conn, self.source_counts, self.stats.total)
-        _compare_run_counts(self.conn, self.plan, self.report)
+        self.report.tables = counts.table_counts(self.conn, self.source_counts,
+                                                 self.stats.total)
+        counts.compare_run_counts(self.conn, self.plan, self.report)
 
     def copy_compute_logs(self) -> None:
         with self.timer("logs"):
@@ -308,69 +307,6 @@ def _refuse_running_daemon(runs_conn: sqlite3.Connection, max_age_s: float) -> N
     beat = newest(read_heartbeats(runs_conn))
     if beat is not None and beat.age_s() < max_age_s:
         raise SourceInUseError(beat.daemon_type, max(beat.age_s(), 0), max_age_s)
-
-
-def _run_ids(files: SourceFiles) -> list[str]:
-    with _closing(files.connect(files.layout.runs_db)) as conn:
-        try:
-            return sorted(r[0] for r in conn.execute("SELECT run_id FROM runs"))
-        except sqlite3.DatabaseError as exc:
-            raise sqlite_error(files.layout.runs_db, exc) from None
-
-
-def _tick_log_keys(files: SourceFiles) -> list[list[str]]:
-    with _closing(files.connect(files.layout.schedules_db, required=False)) as conn:
-        return compute_logs.tick_log_keys(conn)
-
-
-def _source_counts(files: SourceFiles) -> dict[str, int]:
-    layout = files.layout
-    counts: dict[str, int] = {}
-    for file, path in ((RUNS, layout.runs_db), (INDEX, layout.index_db),
-                       (SCHEDULES, layout.schedules_db)):
-        conn = files.connect(path, required=file != SCHEDULES)
-        if conn is None:
-            continue
-        try:
-            present = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for spec in TABLES:
-                if spec.file == file and spec.name in present:
-                    counts[spec.name] = conn.execute(
-                        f'SELECT count(*) FROM "{spec.name}"').fetchone()[0]  # noqa: S608
-        except sqlite3.DatabaseError as exc:
-            raise sqlite_error(path, exc) from None
-        finally:
-            conn.close()
-    return counts
-
-
-def _table_counts(conn, source: dict[str, int], events: int) -> list[TableCount]:
-    out = []
-    with conn.cursor() as cur:
-        for spec in TABLES:
-            cur.execute(f'SELECT count(*) FROM "{spec.name}"')  # noqa: S608
-            out.append(TableCount(spec.name, source.get(spec.name, 0), cur.fetchone()[0]))
-        cur.execute("SELECT count(*) FROM event_logs")
-        out.append(TableCount("event_logs", events, cur.fetchone()[0],
-                              "source: run shards + index-only events"))
-    conn.rollback()
-    return out
-
-
-def _compare_run_counts(conn, plan: EventPlan, report: MigrationReport) -> None:
-    expected = dict(plan.db.execute(
-        "SELECT s.run_key, s.n_rows + (SELECT count(*) FROM anchors a WHERE a.run_key = "
-        "s.run_key AND a.pos IS NULL) FROM shards s"))
-    with conn.cursor() as cur:
-        cur.execute("SELECT COALESCE(run_id, ''), count(*) FROM event_logs GROUP BY 1")
-        actual = dict(cur.fetchall())
-    conn.rollback()
-    report.runs_compared = len(set(expected) | set(actual))
-    for run_id in sorted(set(expected) | set(actual)):
-        if expected.get(run_id, 0) != actual.get(run_id, 0):
-            report.runs_differing.append({"run_id": run_id, "source": expected.get(run_id, 0),
-                                          "target": actual.get(run_id, 0)})
 
 
 @contextmanager
