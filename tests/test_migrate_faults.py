@@ -131,3 +131,18 @@ def test_postgres_stopping_mid_migration_is_one_line_and_the_rerun_finishes(smal
     finally:
         server.cluster.destroy()
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_a_target_missing_a_table_is_rebuilt_before_the_copy(small_source, dagster_home):
+    """Issue 13, item 1, as reported: `dagpg db upgrade`, `DROP TABLE concurrency_slots`, then
+    migrate. The schema (stamped at head, holding no history) is rebuilt, then copied into."""
+    home, run_id = small_source
+    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE concurrency_slots")
+    report = migrate(dagster_home.resolve(), home, force=True)
+    assert report.verification.ok
+    assert report.notes == ["Dagster's schema was incomplete (table concurrency_slots) and held "
+                            "no history: rebuilt"]
+    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE run_id = %s", (run_id,))
+        assert cur.fetchone()[0] == 1

@@ -100,6 +100,10 @@ def _render(report: MigrationReport, as_json: bool) -> None:
         differing = data["runs"]["differing"]
         echo(f"Runs: {data['runs']['compared']} event counts compared, "
              + (f"{len(differing)} differ" if differing else "all equal"))
+    logs = data["plan"].get("compute_logs") or {}
+    if logs and not logs["skipped"]:
+        echo(f"Compute logs: {logs['files']} files ({logs['bytes']:,} bytes) of {logs['runs']} "
+             f"runs and {logs['ticks']} ticks, {logs['source']} -> {logs['target']}")
     for name, why in data["plan"].get("skipped", {}).items():
         echo(f"Not copied: {name} ({why})")
     warnings = data["warnings"]
