@@ -11,7 +11,8 @@ Starts a throwaway PostgreSQL (default server settings) and measures, in one go:
   the CLI (getrusage) and of its process tree (/proc, sampled);
 - a plain COPY of the same event_logs rows into the same, empty table (a fresh Dagster schema),
   repeated (median), since the machine may be shared;
-- the API replay (add_run + store_event, what `dagster debug import` does) of a sample of runs.
+- the API replay (add_run + store_event, what `dagster debug import` does) of a sample of runs;
+- the integrity check (PRAGMA quick_check of every file) against the event plan, in turns.
 
 Targets: migration events/s >= 0.8x plain COPY, >= 100x API replay, peak RSS <= 512 MB.
 """
@@ -279,12 +280,39 @@ def api_replay(source_home: Path, target_home: Path, sample_runs: int) -> tuple[
         return events, time.monotonic() - start
 
 
+def check_vs_plan(source_home: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """The integrity check (every page of every file) and the event plan (what the migration
+    read of every file before), timed in turns on the same files: (check runs, plan runs)."""
+    from dagpg.migrate.idmap import EventPlan
+    from dagpg.migrate.source import SourceFiles, check_integrity, discover
+
+    layout = discover(source_home)
+    shard_ids = layout.shard_ids()
+    paths = [layout.runs_db, layout.index_db, layout.schedules_db,
+             *(layout.shard_path(r) for r in shard_ids)]
+    checks, plans = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        files = SourceFiles(layout, Path(scratch))
+        for i in range(repeat):
+            start = time.monotonic()
+            check_integrity(files, paths)
+            checks.append(time.monotonic() - start)
+            plan = EventPlan(Path(scratch) / f"plan-{i}.db")
+            start = time.monotonic()
+            plan.build(files, shard_ids)
+            plans.append(time.monotonic() - start)
+            plan.close()
+    return checks, plans
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs of ~510 events each")
     parser.add_argument("--sample-runs", type=int, default=6, help="runs replayed via the API")
     parser.add_argument("--repeat", type=int, default=3, help="plain COPYs (median is used)")
     parser.add_argument("--migrations", type=int, default=2, help="migrations (median is used)")
+    parser.add_argument("--check-repeat", type=int, default=5,
+                        help="integrity checks and event plans, in turns (medians are used)")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary folder.")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dagpg-bench-migrate-"))
@@ -296,6 +324,8 @@ def main() -> None:
         built = build_source(root / "sqlite_home", args.runs)
         print(f"  {built['events']:,} events in {built['runs']:,} runs "
               f"({time.monotonic() - t:.0f}s)", file=sys.stderr)
+        print("integrity check and event plan, in turns ...", file=sys.stderr)
+        checks, plans = check_vs_plan(root / "sqlite_home", args.check_repeat)
         cluster, admin = start_cluster(root / "pg")
         server = pgharness.PgServer(admin=admin)
         # Interleaved, so that neither side alone meets a cold server (first WAL segments) or
@@ -351,6 +381,10 @@ def main() -> None:
                               "without verify": round(rate_no_verify / rate_plain, 2)},
             "vs_api_replay": {"event copy phase": round(rate_copy_phase / rate_replay),
                               "whole command incl. verify": round(rate_total / rate_replay)},
+            "integrity_check_s": round(statistics.median(
+                r[0]["timings_s"].get("check", 0) for r in runs), 2),
+            "integrity_check_alone_s": [round(c, 2) for c in checks],
+            "event_plan_alone_s": [round(p, 2) for p in plans],
             "peak_rss_mb": round(rss / 2**20),
             "peak_rss_with_render_process_mb": round(tree_rss / 2**20),
             "load_average": os.getloadavg(),
@@ -369,6 +403,14 @@ def main() -> None:
               f"{', '.join(f'{c[1]:.1f}s' for c in copies)})")
         print(f"  verification           {events / timings['verify']:>10,.0f} events/s "
               "(both instances, through Dagster's APIs)")
+        check = statistics.median(r[0]["timings_s"].get("check", 0) for r in runs)
+        print(f"  integrity check        {check:>10.2f} s  (every page of every file, before "
+              f"writing): {check / elapsed:.1%} of the whole command, "
+              f"{check / no_verify:.1%} of the migration without verify")
+        print(f"  integrity check alone  {statistics.median(checks):>10.2f} s  vs the event plan "
+              f"{statistics.median(plans):.2f} s (medians of {len(checks)}, in turns: "
+              f"{statistics.median(checks) / statistics.median(plans):.2f}x; check runs "
+              f"{', '.join(f'{c:.2f}' for c in checks)})")
         print(f"  API replay ({replayed} ev) {rate_replay:>10,.1f} events/s")
         print(f"  peak RSS               {rss / 2**20:>10,.0f} MB (target <= 512 MB); with the "
               f"event-rendering child: {tree_rss / 2**20:,.0f} MB (sampled every 0.2 s)")

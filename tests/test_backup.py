@@ -357,3 +357,35 @@ def test_restore_test_needs_a_role_that_may_create_databases(dagster_home, tmp_p
             with conn.cursor() as cur:
                 cur.execute(f'DROP OWNED BY "{role}"')
                 cur.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_killed_backup_takes_pg_dump_with_it_and_its_dump_was_private(dagster_home, tmp_path):
+    """Issue 13, item 5: pg_dump is held on a table lock (its dump file already open), the
+    backup is SIGKILLed: pg_dump dies with it, and the partial dump was 0600 from its first
+    byte. The next backup succeeds."""
+    from tests import faults, processes
+    from tests.processes import BIN
+
+    materialize(dagster_home.home, runs=1)
+    dest = tmp_path / "backups"
+    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen([str(BIN / "dagpg"), "backup", "--dest", str(dest), "--silent"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            processes.wait_for(lambda: faults.waiting_sessions(dagster_home.target, "LOCK TABLE"),
+                               timeout=120, what="pg_dump to wait for its lock", proc=proc)
+            (pg_dump,) = [p for p in faults.children(proc.pid)
+                          if Path(f"/proc/{p}/exe").resolve().name == "pg_dump"]
+            (dump,) = dest.glob(".partial-*/dagster.dump")
+            assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+            proc.kill()  # dagpg only, not its process group
+            proc.wait(30)
+            processes.wait_for(lambda: not faults.alive(pg_dump), timeout=10,
+                               what="pg_dump to die with the killed backup")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    backup(dest)

@@ -77,3 +77,40 @@ def test_the_cli_starts_without_alembic_or_sqlalchemy():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_lost_connection_anywhere_is_one_line():
+    """Issue 13, item 4: whatever raised it (psycopg2, SQLAlchemy around it, Dagster's retries
+    around that), a lost connection reaching the CLI is one line and exit 1; a statement the
+    server refused is not a lost connection, and stays an error of its own."""
+    import psycopg2
+    import sqlalchemy.exc
+    from dagster_postgres.utils import DagsterPostgresException
+
+    from dagpg.cli import DagpgGroup
+    from dagpg.pg import lost_connection_reason
+
+    lost = psycopg2.OperationalError("server closed the connection unexpectedly\n\tThis "
+                                     "probably means the server terminated abnormally")
+    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, lost)
+    try:
+        raise DagsterPostgresException("too many retries for DB connection") from wrapped
+    except DagsterPostgresException as exc:
+        retried = exc
+
+    group = DagpgGroup()
+
+    @group.command()
+    def fails() -> None:
+        raise retried
+
+    result = CliRunner().invoke(group, ["fails"], obj={})
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: lost the connection to PostgreSQL (server closed the connection unexpectedly); "
+        "check that the server runs (for the local server: `dagpg db status`, `dagpg db up`), "
+        "then run the same command again\n")
+    assert lost_connection_reason(psycopg2.InterfaceError("connection already closed")) == \
+        "connection already closed"
+    refused = psycopg2.errors.lookup("23505")("duplicate key value violates unique constraint")
+    assert lost_connection_reason(refused) is None

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -184,3 +185,59 @@ def test_a_home_the_server_user_cannot_enter_keeps_its_cluster_under_var_lib(mon
         assert cluster_root() == root
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _time_wait_on(port: int) -> bool:
+    """A TCP socket of 127.0.0.1:`port` in TIME_WAIT (state 06 in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if local == f"0100007F:{port:04X}" and state == "06":
+            return True
+    return False
+
+
+def test_up_right_after_a_stop_and_after_a_kill(local_home):
+    """Issue 13, items 2 and 4: `db up` right after `db down` (the stopped server's
+    connections linger in TIME_WAIT) and right after `kill -9` of the postmaster (its children
+    still hold its shared memory, it may not be reaped yet) starts a new server."""
+    from tests import faults, processes
+
+    assert db("up", "--silent").exit_code == 0
+    target = resolve_instance(local_home).target
+    port = target.port
+    # A client connected while the server stops: the server's side closes first, the client
+    # reads the end and closes too, which leaves the server's side in TIME_WAIT on `port`.
+    client = socket.create_connection(("127.0.0.1", port))
+    assert db("down", "--silent").exit_code == 0
+    assert client.recv(1) == b""
+    client.close()
+    assert _time_wait_on(port), "the stop left no TIME_WAIT socket; nothing was tested"
+    again = db("up", "--silent")
+    assert again.exit_code == 0, again.output
+    pg.connect(target).close()
+
+    busy = pg.connect(target)  # a backend busy when its postmaster dies
+    with busy.cursor() as cur:
+        cur.execute("SET statement_timeout = 0")
+    sleeper = subprocess.Popen(  # keeps a second backend in a query for a few seconds
+        [str(find_program("psql").path), "-X", "-q", "-c", "SELECT pg_sleep(3)"],
+        env={**os.environ, **target.libpq_env()}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        processes.wait_for(lambda: _active_sleeps(target), timeout=30, what="pg_sleep to run")
+        postmaster = localdb.cluster_for(resolve_instance(local_home)).status().pid
+        faults.sigkill(postmaster)
+        restarted = db("up", "--json")
+        assert restarted.exit_code == 0, restarted.output
+        assert json.loads(restarted.output)["pid"] != postmaster
+        pg.connect(target).close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        busy.close()
+
+
+def _active_sleeps(target) -> bool:
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+        return cur.fetchone()[0] > 0

@@ -86,6 +86,26 @@ def test_migrates_everything_and_proves_it(sqlite_home, dagster_home):
         cur.execute("SELECT run_storage_id FROM instance_info")
         assert cur.fetchall() == sqlite_fixtures.sqlite_rows(
             sqlite_home.base_dir / "history" / "runs.db", "SELECT run_storage_id FROM instance_info")
+    # The compute logs moved too, and the UI reads them through the target's log manager.
+    # (a run's steps' and a sensor tick's; not those of the deleted run)
+    source_logs = sqlite_home.home / "compute_logs"
+    deleted = {p.name for p in source_logs.iterdir()} - {
+        r[0] for r in sqlite_fixtures.sqlite_rows(sqlite_home.base_dir / "history" / "runs.db",
+                                                  "SELECT run_id FROM runs")} - {"__repository__"}
+    captured = sorted(p for p in source_logs.rglob("*") if p.suffix in (".out", ".err")
+                      and p.relative_to(source_logs).parts[0] not in deleted)
+    assert len(deleted) == 1 and any("__repository__" in p.parts for p in captured)
+    assert report["plan"]["compute_logs"]["files"] == len(captured) + len(
+        [p for p in source_logs.rglob("*.complete") if p.relative_to(source_logs).parts[0]
+         not in deleted])
+    assert verification["compared"]["compute logs"] == len({p.with_suffix("") for p in captured})
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(dagster_home.home)) as target:
+        for path in captured:
+            key = [*path.relative_to(source_logs).parent.parts, path.stem]
+            data = target.compute_log_manager.get_log_data(key)
+            assert (data.stdout if path.suffix == ".out" else data.stderr) == path.read_bytes()
     assert sqlite_home.unchanged(), "the source was modified"
 
 
@@ -180,7 +200,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(sqlite_home, empty_dagster_h
     assert sqlite_home.unchanged()
 
 
-def test_refuses_a_target_with_history_and_a_finished_migration(sqlite_home, dagster_home):
+def test_refuses_a_target_with_history_and_a_rerun_says_it_is_done(sqlite_home, dagster_home):
     with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO kvs (key, value) VALUES ('someone', 'was here')")
     result = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force")
@@ -192,11 +212,16 @@ def test_refuses_a_target_with_history_and_a_finished_migration(sqlite_home, dag
         cur.execute("DELETE FROM kvs")
     assert run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force",
                    "--silent").exit_code == 0
-    again = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force")
-    assert again.exit_code == 1
-    assert again.output.splitlines()[-1].startswith(
-        f"Error: target {dagster_home.target.url()} already holds migration #1 of "
-        f"{sqlite_home.home}, finished ")
+    # A retry (say, after a kill that landed after the final commit) succeeds, saying so.
+    again = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force",
+                    "--silent")
+    assert again.exit_code == 0, again.output
+    lines = again.output.splitlines()
+    assert lines[0] == (f"Already migrated: {sqlite_home.home} -> {dagster_home.target.url()} "
+                        "[migration #1]")
+    assert lines[-1].startswith(f"Note: migration #1 of {sqlite_home.home} into "
+                                f"{dagster_home.target.url()} finished ")
+    assert lines[-1].endswith(" and the source has not changed since: nothing to do")
 
 
 def test_refuses_while_the_source_daemon_heart_beats(sqlite_home, dagster_home, tmp_path):
@@ -342,16 +367,21 @@ def test_a_difference_fails_loudly(sqlite_home, dagster_home):
         damaged_run = cur.fetchone()[0]
         cur.execute("DELETE FROM job_ticks WHERE id = (SELECT max(id) FROM job_ticks)")
         cur.execute("UPDATE dagpg.migration_runs SET status = 'verifying'")  # killed there
+    # and one captured log: changed in the copy (what the UI shows would differ)
+    copied = sorted((dagster_home.home / "storage").glob("*/compute_logs/*.err"))[0]
+    copied.write_bytes(copied.read_bytes() + b"tampered\n")
     result = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--yes", "--force")
     assert result.exit_code == 1
-    assert "VERIFICATION FAILED: 2 difference(s)" in result.stderr
+    assert "VERIFICATION FAILED: 3 difference(s)" in result.stderr
     assert f"events {damaged_run}#" in result.stderr and "event differs" in result.stderr
+    assert (f"compute logs {copied.parent.parent.name}/compute_logs/{copied.stem}: captured "
+            "output differs") in result.stderr
     assert result.stderr.splitlines()[-1].startswith(
-        "Error: verification found 2 difference(s) between the SQLite and PostgreSQL instances")
+        "Error: verification found 3 difference(s) between the SQLite and PostgreSQL instances")
     with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
         cur.execute("SELECT status FROM dagpg.migration_runs")
         assert cur.fetchone()[0] == "failed"
     # the same through the second verification process
     with pytest.raises(VerificationError) as failed:
         migrate(dagster_home.resolve(), sqlite_home.home, force=True, verify_workers=1)
-    assert failed.value.report.verification.difference_count == 2
+    assert failed.value.report.verification.difference_count == 3

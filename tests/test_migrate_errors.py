@@ -268,3 +268,57 @@ def _user_exists(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def test_corrupt_pages_are_refused_before_anything_is_written(spoilable, empty_dagster_home,
+                                                             tmp_path):
+    """Issue 13, item 3: a page of one run's shard overwritten, one that building the event
+    plan never reads (so only the copy would have met it). Every page is read before writing:
+    one line, exit 2, not even the schema created; restored, the same command runs clean."""
+    shard, original = _damage_a_page_the_plan_never_reads(spoilable, tmp_path)
+    before = sqlite_fixtures.checksums(spoilable.base_dir)
+    result = migrate_cli(spoilable.home)
+    assert result.exit_code == 2, result.output
+    line = result.output.splitlines()[-1]
+    assert line.startswith(f"Error: {shard} is not a readable Dagster SQLite database (")
+    assert line.endswith("); restore it from a backup, then run again")
+    assert sqlite_fixtures.checksums(spoilable.base_dir) == before
+    with pg.connection(empty_dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname IN ('public', 'dagpg')")
+        assert cur.fetchone()[0] == 0
+
+    shard.write_bytes(original)  # restored from a backup
+    again = migrate_cli(spoilable.home, "--silent")
+    assert again.exit_code == 0, again.output
+
+
+def _damage_a_page_the_plan_never_reads(copy, tmp_path) -> tuple[Path, bytes]:
+    """Overwrite, in the first shard where there is one, a page of event_logs rows that the
+    event plan (which reads only the rows index.db mirrors) does not read; return the shard
+    and its original bytes."""
+    from dagpg.migrate.errors import CorruptSourceError
+    from dagpg.migrate.idmap import EventPlan
+    from dagpg.migrate.source import SourceFiles, discover
+
+    layout = discover(copy.home)
+    for run_id in layout.shard_ids():
+        shard = layout.shard_path(run_id)
+        original = shard.read_bytes()
+        size = int.from_bytes(original[16:18], "big")
+        leaves = [p for (p,) in sqlite_fixtures.sqlite_rows(
+            shard, "SELECT pageno FROM dbstat WHERE name = 'event_logs' AND pagetype = 'leaf' "
+            "ORDER BY pageno")]
+        for page in leaves[1:-1]:  # not the first or last: min(id) and max(id) read those
+            start = (page - 1) * size
+            shard.write_bytes(original[:start] + b"\xa5" * size + original[start + size:])
+            scratch = Path(tempfile.mkdtemp(dir=tmp_path))
+            plan = EventPlan(scratch / "plan.db")
+            try:
+                plan.build(SourceFiles(layout, scratch), layout.shard_ids())
+                return shard, original
+            except CorruptSourceError:
+                continue
+            finally:
+                plan.close()
+        shard.write_bytes(original)
+    pytest.fail("no page the event plan does not read: nothing to test")

@@ -21,6 +21,9 @@ def remap(old: int) -> int:
     return old * 10
 
 
+IDS = cursors.IdMap(cursor=remap, event=lambda old, _ref: remap(old))
+
+
 # -- layout ---------------------------------------------------------------------------------
 def make_base(base: Path) -> Path:
     (base / "history" / "runs").mkdir(parents=True)
@@ -138,9 +141,9 @@ def test_order_keeps_index_order_and_each_runs_order(tmp_path):
 
 # -- storage ids inside serialized values ---------------------------------------------------
 def test_asset_sensor_cursor_is_a_storage_id():
-    assert cursors.remap_sensor_cursor("19", "ASSET", remap) == "190"
+    assert cursors.remap_sensor_cursor("19", "ASSET", IDS) == "190"
     with pytest.raises(cursors.Unreadable):
-        cursors.remap_sensor_cursor("not a number", "ASSET", remap)
+        cursors.remap_sensor_cursor("not a number", "ASSET", IDS)
 
 
 def test_run_status_sensor_cursor():
@@ -148,13 +151,13 @@ def test_run_status_sensor_cursor():
     from dagster_shared.serdes import deserialize_value, serialize_value
 
     text = serialize_value(RunStatusSensorCursor(record_id=61, record_timestamp="t"))
-    new = deserialize_value(cursors.remap_sensor_cursor(text, "RUN_STATUS", remap))
+    new = deserialize_value(cursors.remap_sensor_cursor(text, "RUN_STATUS", IDS))
     assert new == RunStatusSensorCursor(record_id=610, record_timestamp="t")
 
 
 def test_multi_asset_sensor_cursor():
     cursor = json.dumps({'["a"]': ["p1", 7, {"p0": 3}], '["b"]': [None, None, {}]})
-    assert json.loads(cursors.remap_sensor_cursor(cursor, "MULTI_ASSET", remap)) == {
+    assert json.loads(cursors.remap_sensor_cursor(cursor, "MULTI_ASSET", IDS)) == {
         '["a"]': ["p1", 70, {"p0": 30}], '["b"]': [None, None, {}]}
 
 
@@ -162,17 +165,17 @@ def test_automation_sensor_cursor_is_compressed_json():
     payload = json.dumps({"__class__": "AssetDaemonCursor", "previous_cursors": [
         {"__class__": "AutomationConditionCursor", "last_event_id": 5}]})
     cursor = "0" + base64.b64encode(zlib.compress(payload.encode())).decode()
-    new = cursors.remap_sensor_cursor(cursor, "AUTOMATION", remap)
+    new = cursors.remap_sensor_cursor(cursor, "AUTOMATION", IDS)
     decoded = json.loads(zlib.decompress(base64.b64decode(new[1:])))
     assert decoded["previous_cursors"][0]["last_event_id"] == 50
     with pytest.raises(cursors.Unreadable):
-        cursors.remap_sensor_cursor("1abc", "AUTOMATION", remap)
+        cursors.remap_sensor_cursor("1abc", "AUTOMATION", IDS)
 
 
 def test_user_metadata_called_storage_id_is_left_alone():
     text = json.dumps({"__class__": "EventLogEntry", "metadata": {"storage_id": 3},
                        "record": {"__class__": "EventLogRecord", "storage_id": 3}})
-    tree = json.loads(cursors.remap_serialized(text, remap))
+    tree = json.loads(cursors.remap_serialized(text, IDS))
     assert tree["metadata"]["storage_id"] == 3 and tree["record"]["storage_id"] == 30
 
 
@@ -180,15 +183,79 @@ def test_instigator_and_tick_bodies():
     body = json.dumps({"__class__": "InstigatorState", "job_specific_data": {
         "__class__": "SensorInstigatorData", "cursor": "4",
         "sensor_type": {"__enum__": "SensorType.ASSET"}}})
-    new, problem = cursors.remap_instigator_body(body, remap)
+    new, problem = cursors.remap_instigator_body(body, IDS)
     assert problem is None and json.loads(new)["job_specific_data"]["cursor"] == "40"
     custom = body.replace("SensorType.ASSET", "SensorType.STANDARD")
-    same, problem = cursors.remap_instigator_body(custom, remap)
+    same, problem = cursors.remap_instigator_body(custom, IDS)
     assert same == custom and problem == "kept: a custom sensor cursor"
     tick = json.dumps({"__class__": "TickData", "cursor": "4"})
-    assert json.loads(cursors.remap_tick_body(tick, "ASSET", remap)[0])["cursor"] == "40"
+    assert json.loads(cursors.remap_tick_body(tick, "ASSET", IDS)[0])["cursor"] == "40"
 
 
 def test_kvs_values():
-    assert cursors.remap_kv("EVENT_LOG_CONSUMER_CURSOR-PIPELINE_FAILURE", "36", remap) == "360"
-    assert cursors.remap_kv("SOMETHING_ELSE", "36", remap) == "36"
+    assert cursors.remap_kv("EVENT_LOG_CONSUMER_CURSOR-PIPELINE_FAILURE", "36", IDS) == "360"
+    assert cursors.remap_kv("SOMETHING_ELSE", "36", IDS) == "36"
+
+
+def test_a_pointer_names_its_own_event_while_a_cursor_may_move_back(tmp_path):
+    """Asset `wiped` was wiped: index.db lost its materialization (index id 3), its run's shard
+    kept it. A cursor at 3 means "after the event before it"; a pointer to 3 (the
+    materialization an asset check evaluated) is that very event, found in the shard by run,
+    asset, time and type, never the other asset's materialization before it."""
+    from datetime import UTC, datetime
+
+    base = make_base(tmp_path)
+    shards = base / "history" / "runs"
+    t3 = datetime(2026, 1, 1, 0, 0, 3, 250000, UTC).timestamp()
+    rows = [(1, "m", "e1", "RUN_START", "2026-01-01 00:00:01.000000", None),
+            (2, "m", "e2", "ASSET_MATERIALIZATION", "2026-01-01 00:00:02.000000", '["x"]'),
+            (3, "m", "e3", "ASSET_MATERIALIZATION", "2026-01-01 00:00:03.250000", '["wiped"]'),
+            (4, "m", "e4", "RUN_SUCCESS", "2026-01-01 00:00:04.000000", None)]
+    for path, kept in ((shards / "m.db", rows), (shards / "index.db", [rows[0], rows[1], rows[3]])):
+        conn = sqlite3.connect(path)
+        conn.execute(_DDL)
+        conn.executemany("INSERT INTO event_logs (id, run_id, event, dagster_event_type, "
+                         "timestamp, asset_key) VALUES (?, ?, ?, ?, ?, ?)", kept)
+        conn.commit()
+        conn.close()
+    plan = EventPlan(tmp_path / "plan.db")
+    plan.build(SourceFiles(discover(base), tmp_path / "scratch"), ["m"])
+    ref = cursors.EventRef("m", t3, '["wiped"]', "ASSET_MATERIALIZATION")
+    assert plan.floor(3) == 2                  # the cursor: the event before (x's)
+    assert plan.event_id(3, ref) == 3          # the pointer: the wiped materialization itself
+    assert plan.event_id(2, ref) == 2          # an index row still there decides
+    assert plan.event_id(3, None) == cursors.NO_EVENT  # nothing to find it by: no event
+    assert plan.event_id(3, cursors.EventRef("m", t3, '["x"]', "ASSET_MATERIALIZATION")) == 0
+
+    evaluation = json.dumps({"__class__": "EventLogEntry", "run_id": "check-run", "dagster_event": {
+        "__class__": "DagsterEvent", "event_type_value": "ASSET_CHECK_EVALUATION",
+        "event_specific_data": {
+            "__class__": "AssetCheckEvaluation", "check_name": "c",
+            "asset_key": {"__class__": "AssetKey", "path": ["wiped"]},
+            "target_materialization_data": {
+                "__class__": "AssetCheckEvaluationTargetMaterializationData",
+                "storage_id": 3, "run_id": "m", "timestamp": t3}}}})
+    tree = json.loads(cursors.remap_serialized(evaluation, plan.ids()))
+    target = tree["dagster_event"]["event_specific_data"]["target_materialization_data"]
+    assert target["storage_id"] == 3
+
+
+def test_the_verification_process_relays_its_error_and_exit_code(tmp_path):
+    """Its one line and exit code reach the parent as they are (as pump.py's do)."""
+    from dagpg.errors import NotPostgresError
+    from dagpg.migrate.errors import VerifyProcessError
+    from dagpg.migrate.verify_worker import EventsWorker, VerifyJob
+
+    home = tmp_path / "not_postgres"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("storage:\n  sqlite:\n    base_dir: /nowhere\n")
+    files = SourceFiles(discover(make_base(tmp_path / "source")), tmp_path / "scratch")
+    worker = EventsWorker(VerifyJob(files, tmp_path / "plan.db", home, ["a-run"]))
+    try:
+        with pytest.raises(VerifyProcessError) as failed:
+            worker.result()
+    finally:
+        worker.stop()
+    expected = NotPostgresError(str(home / "dagster.yaml"), "SQLite (storage.sqlite)")
+    assert str(failed.value) == str(expected)
+    assert failed.value.exit_code == expected.exit_code == 2

@@ -204,3 +204,37 @@ def test_restore_asks_first(dagster_home, tmp_path):
     result = run_cli("restore", name, "--dir", str(dest))  # no --yes, no answer
     assert result.exit_code == 1
     assert "Aborted!" in result.stderr
+
+
+def test_a_restore_killed_while_swapping_logs_leaves_nothing_behind(dagster_home, tmp_path):
+    """Issue 13, item 6: a restore SIGKILLed while it unpacks the compute logs beside the live
+    folder leaves `.storage.restoring-*`; the next restore finishes and removes it."""
+    import subprocess
+
+    from tests import faults
+    from tests.processes import BIN
+
+    materialize(dagster_home.home, runs=1)
+    logs = dagster_home.home / "storage"
+    many = logs / "many"  # enough files that unpacking them takes a while
+    many.mkdir(parents=True)
+    for i in range(3000):
+        (many / f"{i}.err").write_text(f"line {i}\n")
+    name = backup(tmp_path / "backups")["name"]
+    shutil.rmtree(logs)  # a disaster: nothing to take a safety backup of, so it goes quicker
+    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public; DROP SCHEMA dagpg CASCADE")
+    proc = subprocess.Popen([str(BIN / "dagpg"), "restore", name, "--dir",
+                             str(tmp_path / "backups"), "--yes", "--silent"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not list(logs.parent.glob(".storage.restoring-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "never saw the unpacking"
+        time.sleep(0.002)
+    faults.sigkill(proc.pid)
+    proc.wait(30)
+    assert list(logs.parent.glob(".storage.restoring-*")), "killed too late: nothing to test"
+
+    restore(name, tmp_path / "backups")
+    assert not list(logs.parent.glob(".storage.restoring-*"))
+    assert len(list((logs / "many").iterdir())) == 3000

@@ -94,3 +94,81 @@ def test_psycopg2_scheme_is_what_makes_dagster_connect(dagster_home):
     bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert bare.returncode != 0
     assert "No module named 'psycopg'" in bare.stderr
+
+
+# -- an interrupted creation (issue 13, item 1) and the kit's own output (item 8) ------------
+def missing_tables(target) -> set[str]:
+    """Tables Dagster's models define that the database lacks."""
+    from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
+    from dagster._core.storage.runs.schema import RunStorageSqlMetadata
+    from dagster._core.storage.schedules.schema import ScheduleStorageSqlMetadata
+
+    names = {t.name for md in (RunStorageSqlMetadata, SqlEventLogStorageMetadata,
+                               ScheduleStorageSqlMetadata) for t in md.sorted_tables}
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return names - {r[0] for r in cur.fetchall()}
+
+
+def secondary_indexes(target) -> set[str]:
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT name FROM secondary_indexes WHERE migration_completed IS NOT NULL")
+        return {r[0] for r in cur.fetchall()}
+
+
+def test_a_creation_killed_halfway_is_repaired_by_the_next_upgrade(empty_dagster_home):
+    """SIGKILL `dagpg db upgrade` while Dagster creates its event tables: alembic_version is
+    stamped at head, concurrency_slots is missing. The next upgrade rebuilds the schema (it
+    holds no history), printing only the kit's lines."""
+    from tests import faults
+    from tests.processes import BIN
+
+    target = empty_dagster_home.target
+    faults.notice_dead_clients(target)
+    with faults.creation_blocked(target, "concurrency_slots"):
+        proc = subprocess.Popen([str(BIN / "dagpg"), "db", "upgrade"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        faults.kill_while_creating(proc, target, "concurrency_slots")
+    before = schema.schema_status(empty_dagster_home.resolve())
+    assert before.dagster_at_head and "concurrency_slots" in missing_tables(target)
+
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].endswith(" (repaired)")
+    repaired = result.stdout.splitlines()[-1]
+    assert repaired.startswith("repaired        Dagster's schema was incomplete (tables ")
+    assert "concurrency_slots" in repaired and repaired.endswith("held no history: rebuilt")
+    assert not missing_tables(target) and len(secondary_indexes(target)) == 11
+    assert all(line.startswith("… ") for line in result.stderr.splitlines()), result.stderr
+
+
+def test_repairs_keep_history_and_a_missing_column_is_refused(dagster_home):
+    """With history, nothing is dropped: missing tables, indexes and data migrations are
+    added (Dagster's own tqdm bars stay off stderr); a missing column is one line, exit 1."""
+    target = dagster_home.target
+    fresh = secondary_indexes(target)  # every data migration a fresh schema records
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kvs (key, value) VALUES ('kept', 'history')")
+        cur.execute("DROP TABLE concurrency_slots")
+        cur.execute("DROP INDEX idx_run_tags")
+        cur.execute("DELETE FROM secondary_indexes")  # as if killed before Dagster marks them
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "keeping its history" in result.stdout
+    assert "it/s" not in result.stderr and all(
+        line.startswith("… ") for line in result.stderr.splitlines()), result.stderr
+    assert not missing_tables(target) and secondary_indexes(target) == fresh
+    with pg.connection(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE indexname = 'idx_run_tags'")
+        assert cur.fetchall() == [("idx_run_tags",)]
+        cur.execute("SELECT value FROM kvs WHERE key = 'kept'")
+        assert cur.fetchall() == [("history",)]
+        cur.execute("ALTER TABLE runs DROP COLUMN backfill_id")
+    refused = CliRunner().invoke(cli, ["db", "upgrade", "--silent"])
+    assert refused.exit_code == 1
+    assert refused.output.splitlines()[-1] == (
+        f"Error: Dagster's schema in {target.where} is stamped "
+        f"{schema.schema_status(dagster_home.resolve()).dagster_head} but lacks column "
+        "runs.backfill_id; index runs.idx_runs_by_backfill_id, and it holds history, so it is "
+        "not rebuilt; restore the database from a backup (`dagpg restore latest`), or migrate "
+        "its history into an empty database")

@@ -94,6 +94,30 @@ class SchemaNotAtHeadError(DatabaseError):
         self.head = head
 
 
+class SchemaIncompleteError(DatabaseError):
+    def __init__(self, where: str, revision: str, what: str):
+        super().__init__(
+            f"Dagster's schema in {where} is stamped {revision} but lacks {what}, and it holds "
+            "history, so it is not rebuilt; restore the database from a backup "
+            "(`dagpg restore latest`), or migrate its history into an empty database"
+        )
+        self.where = where
+        self.revision = revision
+
+
+class ConnectionLostError(DatabaseError):
+    def __init__(self, where: str, reason: str, doing: str = ""):
+        at = f" at {where}" if where else ""
+        during = f" while {doing}" if doing else ""
+        super().__init__(
+            f"lost the connection to PostgreSQL{at}{during} ({reason}); check that the server "
+            "runs (for the local server: `dagpg db status`, `dagpg db up`), then run the same "
+            "command again"
+        )
+        self.where = where
+        self.reason = reason
+
+
 class LocalDbError(DagpgError):
     """The project-local PostgreSQL cluster (`dagpg db ...`) could not be managed."""
 

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,8 +94,9 @@ class LocalCluster:
         """Initialize (first time) and start the cluster. Idempotent."""
         say = reporter(progress)
         _require_posix()
-        running = self._pg_ctl_status() == 0
+        running = self._running()
         if not running:
+            self._wait_for_old_server(say)
             self._check_port_free()
         if not (self.data_dir / "PG_VERSION").is_file():
             say(f"initializing a PostgreSQL cluster in {self.data_dir}")
@@ -125,7 +127,7 @@ class LocalCluster:
 
     def status(self) -> ClusterStatus:
         initialized = (self.data_dir / "PG_VERSION").is_file()
-        running = initialized and self._pg_ctl_status() == 0
+        running = initialized and self._running()
         pid = version = None
         if running:
             pid_file = self.data_dir / "postmaster.pid"
@@ -150,10 +152,17 @@ class LocalCluster:
 
     def superuser_connect(self, database: str = "postgres") -> psycopg2.extensions.connection:
         """A superuser connection over the private Unix socket (no password involved)."""
-        conn = psycopg2.connect(
-            host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=database,
-            connect_timeout=10, application_name="dagpg",
-        )
+        try:
+            conn = psycopg2.connect(
+                host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=database,
+                connect_timeout=10, application_name="dagpg",
+            )
+        except psycopg2.OperationalError as exc:
+            reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+            raise LocalDbError(
+                f"the local PostgreSQL does not answer on its socket in {self.socket_dir} "
+                f"({reason.rsplit(': ', 1)[-1] or type(exc).__name__}); see {self.log_file}, "
+                "then run `dagpg db up` again") from None
         conn.autocommit = True
         return conn
 
@@ -256,8 +265,74 @@ class LocalCluster:
         result = self._run_as_server([self._program("pg_ctl"), "status", "-D", str(self.data_dir)])
         return result.returncode
 
+    def _running(self) -> bool:
+        """pg_ctl's answer, unless the postmaster it names is a zombie (killed, not yet
+        reaped by its parent: pg_ctl's kill(pid, 0) still finds it)."""
+        if self._pg_ctl_status() != 0:
+            return False
+        pid = self._postmaster_pid()
+        return pid is None or _alive(pid)
+
+    def _postmaster_pid(self) -> int | None:
+        lines = self._pid_file_lines()
+        try:
+            return int(lines[0])
+        except (IndexError, ValueError):
+            return None
+
+    def _pid_file_lines(self) -> list[str]:
+        try:
+            return (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return []
+
+    def _wait_for_old_server(self, say: ProgressFn, timeout_s: float = 120) -> None:
+        """After the postmaster was killed (kill -9, a crash), PostgreSQL refuses to start
+        while the killed postmaster is not yet reaped ("Is another postmaster running?") or
+        its children still hold its shared memory ("pre-existing shared memory block is still
+        in use"): wait for both to be gone."""
+        left = self._old_server_processes()
+        if not left:
+            return
+        say("waiting for the processes of the previous PostgreSQL server to end")
+        deadline = time.monotonic() + timeout_s
+        while left:
+            if time.monotonic() > deadline:
+                raise LocalDbError(
+                    f"{left} process(es) of the previous PostgreSQL server of {self.data_dir} "
+                    f"are still there after {timeout_s:.0f}s; end them (`ps -u "
+                    f"{_server_user() or _current_user()}`), then run `dagpg db up` again")
+            time.sleep(0.2)
+            left = self._old_server_processes()
+
+    def _old_server_processes(self) -> int:
+        """The killed postmaster (a zombie until its parent reaps it) and its children."""
+        pid = self._postmaster_pid()
+        zombie = pid is not None and Path(f"/proc/{pid}").exists() and not _alive(pid)
+        return int(zombie) + self._old_shared_memory_users()
+
+    def _old_shared_memory_users(self) -> int:
+        """Processes attached to the System V segment the last postmaster recorded in
+        postmaster.pid (line 7: key and id), from /proc/sysvipc/shm (Linux); 0 elsewhere."""
+        lines = self._pid_file_lines()
+        try:
+            shmid = int(lines[6].split()[1])
+            table = Path("/proc/sysvipc/shm").read_text().splitlines()
+        except (IndexError, ValueError, OSError):
+            return 0
+        header = table[0].split() if table else []
+        for row in table[1:]:
+            fields = dict(zip(header, row.split(), strict=False))
+            if fields.get("shmid") == str(shmid):
+                return int(fields.get("nattch", 0))
+        return 0
+
     def _check_port_free(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As PostgreSQL binds (StreamServerPort in src/backend/libpq/pqcomm.c: SO_REUSEADDR
+            # on all but Windows): connections of a stopped server in TIME_WAIT do not hold
+            # the port, a program listening on it does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((self.host, self.port))
             except OSError as exc:
@@ -346,6 +421,27 @@ def _runnable_bindir(bindir: Path) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return staged_bin
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (Linux /proc; elsewhere, exists)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists() and _exists(pid)
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _can_run(user: str, path: Path) -> bool:

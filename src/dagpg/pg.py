@@ -9,13 +9,18 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.extensions
 
-from dagpg.errors import AuthenticationError, DatabaseUnavailableError
+from dagpg.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    DagpgError,
+    DatabaseUnavailableError,
+)
 from dagpg.instance import PgTarget
 
 if TYPE_CHECKING:
@@ -119,6 +124,50 @@ def translate(
     return DatabaseUnavailableError(
         where, reason, "is the server running? (for the local server: `dagpg db status`)"
     )
+
+
+# SQLSTATEs of a server going away: class 08 (connection exception), admin/crash shutdown,
+# "the database system is shutting down / starting up".
+_GONE_STATES = ("57P01", "57P02", "57P03")
+
+
+def lost_connection_reason(exc: BaseException) -> str | None:
+    """The reason, in libpq's words, when `exc` (psycopg2's, SQLAlchemy's or Dagster's, or
+    anything they caused) means the connection to the server was lost or refused; else None.
+    A statement the server rejected (a constraint, a timeout) is not a lost connection."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DagpgError):
+            return None  # already one line
+        if isinstance(exc, psycopg2.InterfaceError):
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else "connection closed"
+        if isinstance(exc, psycopg2.OperationalError):
+            code = getattr(exc, "pgcode", None)
+            if code is None or code.startswith("08") or code in _GONE_STATES:
+                text = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                return text[0] if text else type(exc).__name__
+            return None
+        exc = (getattr(exc, "orig", None) or exc.__cause__
+               or (None if exc.__suppress_context__ else exc.__context__))
+    return None
+
+
+@contextlib.contextmanager
+def lost_connection(target: PgTarget, doing: str | Callable[[], str] = "") -> Iterator[None]:
+    """Turn a connection lost inside the block into one ConnectionLostError naming `target`
+    and what was being done (a string, or a function giving it at the time)."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ConnectionLostError):
+            raise
+        reason = lost_connection_reason(exc)
+        if reason is None:
+            raise
+        log.debug("connection to %s lost", target.where, exc_info=True)
+        raise ConnectionLostError(target.where, reason,
+                                  doing() if callable(doing) else doing) from None
 
 
 def server_version(conn: psycopg2.extensions.connection) -> tuple[int, str]:

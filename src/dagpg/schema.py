@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagpg import pg
-from dagpg.errors import SchemaNotAtHeadError
+from dagpg import dagster_schema, pg
+from dagpg.errors import SchemaIncompleteError, SchemaNotAtHeadError
 from dagpg.instance import Instance
 from dagpg.progress import ProgressFn, reporter
 
@@ -56,14 +56,15 @@ class SchemaStatus:
 class UpgradeReport:
     before: SchemaStatus
     after: SchemaStatus
+    repaired: list[str] = field(default_factory=list)  # an interrupted creation, repaired
 
     @property
     def changed(self) -> bool:
-        return self.before != self.after
+        return self.before != self.after or bool(self.repaired)
 
     def as_dict(self) -> dict:
         return {"before": self.before.as_dict(), "after": self.after.as_dict(),
-                "changed": self.changed}
+                "changed": self.changed, "repaired": self.repaired}
 
 
 def migrations_dir() -> Path:
@@ -116,18 +117,42 @@ def require_head(instance: Instance) -> SchemaStatus:
 
 
 def upgrade(instance: Instance, progress: ProgressFn | None = None) -> UpgradeReport:
-    """Bring Dagster's schema and the kit's to head. Running it twice changes nothing."""
+    """Bring Dagster's schema and the kit's to head. Running it twice changes nothing.
+
+    A Dagster schema whose creation was interrupted (stamped at head, tables or data migrations
+    missing) is repaired first: see dagster_schema.py.
+    """
     say = reporter(progress)
+    with pg.lost_connection(instance.target, "upgrading the schemas"):
+        return _upgrade(instance, say)
+
+
+def _upgrade(instance: Instance, say: ProgressFn) -> UpgradeReport:
     before = schema_status(instance)
     with pg.connection(instance.target, autocommit=True) as lock_conn:
         with lock_conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (_UPGRADE_LOCK,))
+        with pg.engine(instance.target).begin() as conn:
+            repaired = dagster_schema.repair(conn, before.dagster_head, instance.target.where)
+        for line in repaired:
+            say(line)
         say("Dagster schema: creating or upgrading")
         with open_dagster_instance(instance) as dagster:
-            dagster.upgrade(print_fn=lambda msg: log.info("%s", msg))
+            # No print_fn: with one, Dagster's data migrations draw tqdm bars on our stderr.
+            dagster.upgrade()
+            # What a fresh schema gets and `upgrade()` leaves out: the event-log and optional
+            # data migrations (each a no-op once recorded in secondary_indexes).
+            dagster.event_log_storage.reindex_events()
+            dagster.run_storage.optimize()
+            dagster.schedule_storage.optimize()
+        with pg.engine(instance.target).connect() as conn:
+            left = dagster_schema.missing(conn)
+        if left:
+            raise SchemaIncompleteError(instance.target.where, before.dagster_head,
+                                        left.describe())
         say("dagpg schema: upgrading")
         upgrade_kit(instance)
-    return UpgradeReport(before=before, after=schema_status(instance))
+    return UpgradeReport(before=before, after=schema_status(instance), repaired=repaired)
 
 
 def upgrade_kit(instance: Instance, revision: str = "head") -> None:

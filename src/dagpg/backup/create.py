@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dagpg import __version__, pg
+from dagpg import __version__, children, pg
 from dagpg.backup import catalog, files, lock, tools
 from dagpg.backup import manifest as mf
 from dagpg.backup.errors import BackupError, DestinationError, ToolFailedError
@@ -86,8 +86,14 @@ def create_backup(
     """Back up `instance` (database, compute logs, dagster.yaml, workspace.yaml) into a new
     folder of the backups folder (`directory`, else dagpg.backup.directory). Nothing that looks
     like a backup is left when it fails."""
+    with pg.lost_connection(instance.target, "backing up"):
+        return _create_backup(instance, backup_directory(settings, directory), kind=kind,
+                              suffix=suffix, progress=progress)
+
+
+def _create_backup(instance: Instance, directory: Path, *, kind: str,
+                   suffix: str | None, progress: ProgressFn | None) -> BackupResult:
     say = reporter(progress)
-    directory = backup_directory(settings, directory)
     started = mf.now_utc()
     _check_logs_dir(instance)
     _prepare(directory)
@@ -233,9 +239,12 @@ class _Dump:
         self.stderr = tempfile.TemporaryFile()
         argv = tools.dump_argv(program, path, snapshot=snapshot)
         log.info("running %s", " ".join(argv))
-        self.proc = subprocess.Popen(argv, env=tools.child_env(instance.target),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr)
+        # The dump is private from its first byte: created 0600 here (pg_dump opens it with
+        # "wb", which keeps the mode), and pg_dump's umask covers any file it makes itself.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.proc = children.popen(argv, umask=0o077, env=tools.child_env(instance.target),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=self.stderr)
 
     def wait(self, say: ProgressFn) -> None:
         last = time.monotonic()

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from dagpg import children
 from dagpg.backup import manifest as mf
 from dagpg.backup import tools
 from dagpg.backup.errors import ToolFailedError
@@ -49,10 +50,10 @@ def load_dump(
     env = tools.child_env(target, database, app="dagpg-restore")
     log.info("running %s | %s", " ".join(restore_argv), " ".join(psql_argv))
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_out:
-        loader = subprocess.Popen(psql_argv, env=env, stdin=subprocess.PIPE, stdout=psql_out,
-                                  stderr=subprocess.STDOUT)
-        reader = subprocess.Popen(restore_argv, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=restore_err)
+        loader = children.popen(psql_argv, env=env, stdin=subprocess.PIPE, stdout=psql_out,
+                                stderr=subprocess.STDOUT)
+        reader = children.popen(restore_argv, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=restore_err)
         try:
             loader.stdin.write(_preamble(schemas).encode())
             loader.stdin.flush()

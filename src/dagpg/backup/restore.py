@@ -80,6 +80,14 @@ def restore_backup(
     progress: ProgressFn | None = None,
 ) -> RestoreReport:
     """Restore backup `name` (in the backups folder, or a folder's path) over `instance`."""
+    with pg.lost_connection(instance.target, "restoring"):
+        return _restore(instance, settings, name, directory=directory, force=force,
+                        progress=progress)
+
+
+def _restore(instance: Instance, settings: KitSettings, name: str, *,
+             directory: str | os.PathLike | None, force: bool,
+             progress: ProgressFn | None) -> RestoreReport:
     say = reporter(progress)
     started = time.monotonic()
     directory = backup_directory(settings, directory)
@@ -195,6 +203,7 @@ def _swap_logs(folder: Folder, logs: Path, safety: str | None) -> int:
     aside = logs.parent / f"{logs.name}.before-restore-{token}"
     try:
         logs.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(logs)
         files.extract_logs(archive, staging)
         count = sum(1 for p in staging.rglob("*") if p.is_file())
         if logs.exists():
@@ -213,6 +222,15 @@ def _swap_logs(folder: Folder, logs: Path, safety: str | None) -> int:
         else:
             log.warning("previous compute logs kept in %s", aside)
     return count
+
+
+def _remove_stale_staging(logs: Path) -> None:
+    """Unpacked archives left by restores killed while swapping the logs in. The caller holds
+    the backup lock, so no other restore is unpacking now: each one found is a leftover, and
+    only ever a copy of a backup's archive (the live logs are renamed aside, never staged)."""
+    for stale in logs.parent.glob(f".{logs.name}.restoring-*"):
+        log.info("removing %s, left by an interrupted restore", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _sync_catalog(conn, directory: Path, known: dict[str, catalog.BackupInfo]) -> None:

@@ -10,8 +10,14 @@ import signal
 import subprocess
 from pathlib import Path
 
+from dagpg import children
 from dagpg.backup.errors import ToolFailedError
-from dagpg.errors import AuthenticationError, DatabaseUnavailableError, ToolNotFoundError
+from dagpg.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    DatabaseUnavailableError,
+    ToolNotFoundError,
+)
 from dagpg.instance import PgTarget
 from dagpg.pgbin import Program, find_program
 
@@ -60,8 +66,8 @@ def run(argv: list[str], target: PgTarget, *, database: str | None = None,
         timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a libpq program to completion; a non-zero exit becomes a one-line DagpgError."""
     log.info("running %s", " ".join(argv))
-    result = subprocess.run(argv, env=child_env(target, database), capture_output=True,
-                            text=True, timeout=timeout)
+    result = children.run(argv, env=child_env(target, database), capture_output=True,
+                          text=True, timeout=timeout)
     if result.returncode != 0:
         raise failure(Path(argv[0]).stem, result.returncode, result.stderr, target, database)
     return result
@@ -79,6 +85,11 @@ def failure(name: str, returncode: int, stderr: str, target: PgTarget,
         return DatabaseUnavailableError(
             where, "connection refused",
             "is the server running? (for the local server: `dagpg db status`)")
+    for gone in ("server closed the connection unexpectedly",
+                 "terminating connection due to administrator command",
+                 "the database system is shutting down", "connection to server was lost"):
+        if gone in lowered:
+            return ConnectionLostError(where, gone, f"running {name}")
     if "unsupported version" in lowered and "file header" in lowered:
         return ToolNotFoundError(
             f"{name} is older than the pg_dump that wrote the archive ({last_line(text)}); "

@@ -17,11 +17,13 @@ from dagpg.cli import config_cmds, db_cmds, instance_cmds, render_cmds, verify_c
 from dagpg.cli.backup_cmds import backup, backups, restore
 from dagpg.cli.migrate_cmds import migrate_from_sqlite
 from dagpg.cli.upgrade_cmds import upgrade
-from dagpg.errors import DagpgError
+from dagpg.errors import ConnectionLostError, DagpgError
+from dagpg.pg import lost_connection_reason
 
 
 class DagpgGroup(click.Group):
-    """Turns DagpgError into `Error: ...` and its exit code, unless --traceback is given."""
+    """Turns DagpgError into `Error: ...` and its exit code, unless --traceback is given; so
+    too a lost database connection that reached here unconverted (from Dagster's code, say)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -31,6 +33,13 @@ class DagpgGroup(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except Exception as exc:
+            reason = lost_connection_reason(exc)
+            if reason is None or (ctx.obj or {}).get("traceback"):
+                raise
+            error = ConnectionLostError("", reason)
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(error.exit_code)
 
 
 @click.group(cls=DagpgGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,6 +62,29 @@ def cli(ctx: click.Context, traceback: bool, verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(levelname)s %(name)s: %(message)s")
+    else:
+        _warnings_to_stderr()
+
+
+class _KitWarnings(logging.StreamHandler):
+    """The kit's own warnings on stderr, one line each; not Dagster's (its connection retries
+    and notices: the kit reports the outcome once, as an error)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
+        self.addFilter(lambda record: record.name.split(".")[0] == "dagpg")
+        self.setFormatter(logging.Formatter("warning: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # the current one (tests swap it)
+        super().emit(record)
+
+
+def _warnings_to_stderr() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _KitWarnings) for h in root.handlers):
+        root.addHandler(_KitWarnings())
 
 
 cli.add_command(instance_cmds.instance)

@@ -115,7 +115,9 @@ def upgrade(dagster_home, as_json, silent) -> None:
     """Bring Dagster's schema and the kit's (schema `dagpg`) to head.
 
     Dagster's tables are created or migrated the way `dagster instance migrate` does; the kit's
-    tables by alembic, with their own version table. Running it twice changes nothing.
+    tables by alembic, with their own version table. Running it twice changes nothing. A Dagster
+    schema whose creation was interrupted (stamped at head, tables or data migrations missing,
+    compared with Dagster's models) is rebuilt while it holds no history, completed otherwise.
 
     \b
     Example:
@@ -130,8 +132,9 @@ def upgrade(dagster_home, as_json, silent) -> None:
         return
     b, a = report.before, report.after
     emit_table([
-        ("Dagster schema", _change(b.dagster_current, a.dagster_current)),
+        ("Dagster schema", _change(b.dagster_current, a.dagster_current, report.repaired)),
         ("dagpg schema", _change(b.kit_current, a.kit_current)),
+        *(("repaired", line) for line in report.repaired),
     ])
 
 
@@ -188,9 +191,9 @@ def move(dagster_home, to_home, directory, force, as_json, silent) -> None:
     click.echo("then start the services and run `dagpg verify`.")
 
 
-def _change(before: str | None, after: str | None) -> str:
+def _change(before: str | None, after: str | None, repaired: list[str] = ()) -> str:
     if before == after:
-        return f"{after} (already at head)"
+        return f"{after} ({'repaired' if repaired else 'already at head'})"
     return f"{before or 'empty'} -> {after}"
 
 

@@ -11,9 +11,11 @@ from dagpg.cli.options import dagster_home_option, emit_json, json_option, silen
 from dagpg.instance import resolve_instance
 from dagpg.migrate import DEFAULT_BATCH_ROWS, MigrationReport, migrate
 from dagpg.migrate.errors import VerificationError
+from dagpg.migrate.run import ALREADY_DONE
 from dagpg.progress import Progress
 
-_LINE_PHASES = {"tables", "events"}  # one line per committed unit when stderr is not a terminal
+# one line per committed unit when stderr is not a terminal
+_LINE_PHASES = {"tables", "events", "logs"}
 
 
 @click.command("migrate-from-sqlite")
@@ -33,12 +35,15 @@ def migrate_from_sqlite(source, dagster_home, dry_run, yes, force, batch_rows, a
 
     SOURCE is the old DAGSTER_HOME (its dagster.yaml's `storage: sqlite: base_dir`, or the
     default layout under it) or the SQLite base_dir itself; it is only ever read. The target
-    is the instance of --dagster-home: its database must be empty. Dagster creates the schema,
-    then runs, events (re-numbered in one global order), assets, checks, partitions,
-    backfills, schedules, sensors (cursors remapped) and ticks are copied in resumable units,
-    and both instances are compared through Dagster's APIs. Interrupted? Run it again.
+    is the instance of --dagster-home: its database must be empty. Every page of every SQLite
+    file is read first: a damaged file is refused before anything is written. Dagster creates
+    the schema, then runs, events (re-numbered in one global order), assets, checks,
+    partitions, backfills, schedules, sensors (cursors remapped), ticks and the compute logs
+    (captured stdout/stderr, into the target's compute-log folder) are copied in resumable
+    units, and both instances are compared through Dagster's APIs. Interrupted? Run it again:
+    it resumes, starts over if the source changed meanwhile, and says when nothing is left.
 
-    Exit code 0 only when the copy is complete and verified.
+    Exit code 0 only when the copy is complete and verified (now or by an earlier run).
 
     \b
     Example:
@@ -70,6 +75,12 @@ def _render(report: MigrationReport, as_json: bool) -> None:
         return
     echo = click.echo
     data = report.as_dict()
+    if report.status == ALREADY_DONE:
+        echo(f"Already migrated: {report.source['source']} -> {report.target} "
+             f"[migration #{report.migration_id}]")
+        for note in report.notes:
+            echo(f"Note: {note}")
+        return
     head = "Dry run (nothing written)" if report.dry_run else "Migrated"
     resumed = ", resumed" if report.resumed else ""
     number = f" [migration #{report.migration_id}{resumed}]" if report.migration_id else ""
@@ -90,6 +101,10 @@ def _render(report: MigrationReport, as_json: bool) -> None:
         differing = data["runs"]["differing"]
         echo(f"Runs: {data['runs']['compared']} event counts compared, "
              + (f"{len(differing)} differ" if differing else "all equal"))
+    logs = data["plan"].get("compute_logs") or {}
+    if logs and not logs["skipped"]:
+        echo(f"Compute logs: {logs['files']} files ({logs['bytes']:,} bytes) of {logs['runs']} "
+             f"runs and {logs['ticks']} ticks, {logs['source']} -> {logs['target']}")
     for name, why in data["plan"].get("skipped", {}).items():
         echo(f"Not copied: {name} ({why})")
     warnings = data["warnings"]

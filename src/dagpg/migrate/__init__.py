@@ -4,10 +4,13 @@
     from dagpg.migrate import migrate
     report = migrate(resolve_instance(), "/old/dagster_home", progress=print)
 
-source.py finds and reads the SQLite files (never writing to them), revisions.py checks their
-schema, idmap.py lays out the global event order, tables.py/copier.py/events.py/pump.py copy in
-resumable units, cursors.py rewrites stored storage ids, verify.py proves the result through
-Dagster's APIs, state.py records progress in the kit's `dagpg` schema.
+run.py runs the phases in order. source.py finds, checks and reads the SQLite files (never
+writing to them), revisions.py checks their schema, target.py decides what the target allows,
+idmap.py lays out the global event order, tables.py/copier.py/events.py/pump.py copy in
+resumable units, compute_logs.py copies the captured logs, cursors.py rewrites stored storage ids
+(cursors and pointers), verify.py/compare_events.py/verify_worker.py prove the result through
+Dagster's APIs, counts.py counts both sides, state.py records progress in the kit's `dagpg`
+schema.
 
 Names are imported lazily, so that the event-rendering child (`python -m
 dagpg.migrate.pump`) starts without loading the rest.

@@ -142,8 +142,7 @@ class Copier:
         if done:
             marker = max(done, key=lambda s: int(s[0].split(":")[1]))[2]
         unit_no = len(done)
-        job = EventJob(layout=files.layout, scratch=files.scratch, copies=dict(files.copies),
-                       plan_path=plan.path, shard_ids=shard_ids, marker=marker,
+        job = EventJob(files=files, plan_path=plan.path, shard_ids=shard_ids, marker=marker,
                        batch_rows=self.batch_rows)
         total = 0
         pump = Pump(job)

@@ -89,14 +89,6 @@ class TargetNotEmptyError(MigrateError):
         )
 
 
-class AlreadyMigratedError(MigrateError):
-    def __init__(self, where: str, migration_id: int, source: str, finished_at):
-        super().__init__(
-            f"target {where} already holds migration #{migration_id} of {source}, finished "
-            f"{finished_at:%Y-%m-%d %H:%M %Z}; nothing to do"
-        )
-
-
 class TargetHasOtherMigrationError(MigrateError):
     def __init__(self, where: str, source: str, status: str):
         super().__init__(
@@ -121,10 +113,35 @@ class VerificationError(MigrateError):
         self.count = count
 
 
-class CopyProcessError(MigrateError):
-    """The child process rendering events stopped; carries its message and exit code."""
+class HelperProcessError(MigrateError):
+    """A helper process of the migration stopped; carries its message and exit code, which
+    the CLI uses as its own (the same as if the work had run in this process)."""
 
     def __init__(self, message: str, exit_code: int = 1, trace: str = ""):
         super().__init__(message)
         self.exit_code = exit_code
         self.trace = trace
+
+    @classmethod
+    def from_relay(cls, relayed: dict) -> HelperProcessError:
+        """The error a helper sent with `relay()`."""
+        return cls(relayed["message"], relayed["exit_code"], relayed["traceback"])
+
+
+class CopyProcessError(HelperProcessError):
+    """The child process rendering events (pump.py) stopped."""
+
+
+class VerifyProcessError(HelperProcessError):
+    """The child process comparing events (verify_worker.py) stopped."""
+
+
+def relay(exc: BaseException) -> dict:
+    """What a helper process sends its parent about the error that stopped it: a DagpgError's
+    one line and exit code as they are, anything else with its traceback (logged there)."""
+    import traceback
+
+    known = isinstance(exc, DagpgError)
+    return {"message": str(exc) if known else f"{type(exc).__name__}: {exc}",
+            "exit_code": exc.exit_code if known else 1,
+            "traceback": "" if known else "".join(traceback.format_exception(exc))}

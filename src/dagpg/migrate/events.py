@@ -82,7 +82,8 @@ class EventRows:
 
     def __init__(self, files: SourceFiles, plan: EventPlan, shard_ids: list[str],
                  log: UnitLog, batch_rows: int, marker: dict | None):
-        self.files, self.plan, self.remap, self.log = files, plan, plan.floor, log
+        self.files, self.plan, self.log = files, plan, log
+        self.ids = cursors.IdMap(cursor=plan.floor, event=self._event)
         self.batch_rows = batch_rows
         self.chunk = max(1, min(1000, batch_rows))  # rows read and yielded at a time
         self.marker = marker or {}
@@ -163,6 +164,14 @@ class EventRows:
         else:
             yield [], {"run": run_key, "id": last_id, "pos": pos, "complete": True}
 
+    def _event(self, index_id: int, ref: cursors.EventRef | None) -> int:
+        new = self.plan.event_id(index_id, ref)
+        if new == cursors.NO_EVENT and index_id > 0:
+            self.log.warnings.add("orphan", "event_logs", "pointers to events that exist "
+                                  "nowhere (their run was deleted): they point at none (0), "
+                                  "as in SQLite", index_id)
+        return new
+
     def _line(self, new_id: int, row) -> str | None:
         _, run_id, event, event_type, timestamp, step_key, asset_key, partition = row
         warnings = self.log.warnings
@@ -175,7 +184,7 @@ class EventRows:
             return None
         if _ID_MARKER in event:
             try:
-                event = cursors.remap_serialized(event, self.remap)
+                event = cursors.remap_serialized(event, self.ids)
             except (ValueError, cursors.Unreadable) as exc:
                 warnings.add("cursor", "event_logs", "storage ids inside an event kept "
                              "unchanged", exc)

@@ -26,9 +26,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from dagpg.migrate.cursors import NO_EVENT, EventRef, IdMap
 from dagpg.migrate.errors import MissingShardError
 from dagpg.migrate.revisions import file_revision
 from dagpg.migrate.source import SourceFiles, sqlite_error
@@ -36,6 +38,8 @@ from dagpg.migrate.source import SourceFiles, sqlite_error
 log = logging.getLogger(__name__)
 
 _ASSET_EVENTS = ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION")
+# events that pointers may name: kept in `loose` when index.db no longer has them
+_POINTED_AT = (*_ASSET_EVENTS, "ASSET_CHECK_EVALUATION")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class EventPlan:
             CREATE TABLE IF NOT EXISTS raw (index_id INTEGER PRIMARY KEY, run_key TEXT,
                                             pos INTEGER, seg INTEGER, rel INTEGER);
             CREATE TABLE IF NOT EXISTS loose (asset_key TEXT, timestamp TEXT, run_key TEXT,
-                                              pos INTEGER, new_id INTEGER);
+                                              pos INTEGER, new_id INTEGER, kind TEXT);
             CREATE TABLE IF NOT EXISTS anchors (index_id INTEGER PRIMARY KEY, run_key TEXT,
                                                 pos INTEGER, start INTEGER, new_id INTEGER,
                                                 prev INTEGER);
@@ -126,7 +130,7 @@ class EventPlan:
         self.stats.index_only += sum(1 for r in raw if r[2] is None)
         self.db.executemany("INSERT OR REPLACE INTO raw VALUES (?, ?, ?, ?, ?)", raw)
         self.db.execute("DELETE FROM loose WHERE run_key = ?", (run_key,))
-        self.db.executemany("INSERT INTO loose VALUES (?, ?, ?, ?, NULL)", scan.loose)
+        self.db.executemany("INSERT INTO loose VALUES (?, ?, ?, ?, NULL, ?)", scan.loose)
         anchored = any(r[2] is not None for r in raw)
         self.db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, NULL)",
                         (run_key, n, int(anchored)))
@@ -192,8 +196,30 @@ class EventPlan:
         """The new id of the one asset event of `asset_key` at `timestamp` that index.db no
         longer holds (its asset was wiped), or None."""
         rows = self.db.execute("SELECT new_id FROM loose WHERE asset_key = ? AND timestamp = ? "
-                               "LIMIT 2", (asset_key, timestamp)).fetchall()
+                               "AND kind IN (?, ?) LIMIT 2",
+                               (asset_key, timestamp, *_ASSET_EVENTS)).fetchall()
         return rows[0][0] if len(rows) == 1 else None
+
+    def event_id(self, index_id: int, ref: EventRef | None = None) -> int:
+        """The new id of one specific event (a pointer's meaning, see cursors.py): its index
+        row's; else, its index row gone (a wiped asset), its row in the run's shard, found by
+        run, asset, time and type; else NO_EVENT: it exists nowhere, as in the source."""
+        if index_id <= 0:
+            return index_id
+        new = self.exact(index_id)
+        if new is None and ref is not None and ref.run_id is not None \
+                and isinstance(ref.timestamp, (int, float)):
+            rows = self.db.execute(
+                "SELECT new_id FROM loose WHERE run_key = ? AND timestamp = ? AND kind = ? "
+                "AND (asset_key = ? OR asset_key IS NULL) LIMIT 2",
+                (ref.run_id, _shard_timestamp(ref.timestamp), ref.kind, ref.asset_key)
+            ).fetchall()
+            new = rows[0][0] if len(rows) == 1 else None
+        return NO_EVENT if new is None else new
+
+    def ids(self) -> IdMap:
+        """Cursors through `floor`, pointers through `event_id`."""
+        return IdMap(cursor=self.floor, event=self.event_id)
 
     def floor(self, index_id: int) -> int:
         """The new id of the last index event at or before `index_id` (a cursor's meaning)."""
@@ -229,7 +255,7 @@ def _scan_shard(files: SourceFiles, index: sqlite3.Connection, run_key: str) -> 
     prev = last_x = 0
     # Only rows of the types index.db mirrors can match (most events, log messages, have
     # none): SQLite numbers all rows and filters them, Python sees the few candidates.
-    types = sorted({key[0] for key in pending} | set(_ASSET_EVENTS))
+    types = sorted({key[0] for key in pending} | set(_POINTED_AT))
     marks = ", ".join("?" * len(types))
     try:
         out.revision = file_revision(conn) or "unstamped"
@@ -257,8 +283,9 @@ def _scan_shard(files: SourceFiles, index: sqlite3.Connection, run_key: str) -> 
                     prev, last_x = pos, x
                 else:
                     out.ambiguous += 1
-            elif row[1] in _ASSET_EVENTS and row[3]:
-                out.loose.append((row[3], row[2], run_key, pos))
+            elif row[1] in _POINTED_AT and (row[3] or row[1] not in _ASSET_EVENTS):
+                # (check evaluations have no asset_key in their shard row)
+                out.loose.append((row[3], row[2], run_key, pos, row[1]))
     except sqlite3.DatabaseError as exc:
         raise sqlite_error(path, exc) from None
     finally:
@@ -268,6 +295,12 @@ def _scan_shard(files: SourceFiles, index: sqlite3.Connection, run_key: str) -> 
     for queue in pending.values():
         out.raw.extend([x, run_key, None, 1, 1] for x in queue)
     return out
+
+
+def _shard_timestamp(timestamp: float) -> str:
+    """An event's timestamp as its shard's `timestamp` column holds it: naive UTC, written by
+    SQLAlchemy with microseconds (Dagster: datetime.fromtimestamp(ts, utc), tz dropped)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def check_missing_shards(files: SourceFiles, shard_ids: list[str]) -> None:

@@ -6,7 +6,7 @@ producer thread does not help since the renderer holds the GIL. So a child
 (`python -m dagpg.migrate.pump`, a plain subprocess: no multiprocessing re-import of the
 caller's __main__) renders each unit onto its stdout; this process forwards the bytes to
 psycopg2. The child also closes each unit (rows, resume marker, warnings), so the parent
-commits exactly what it sent. It dies on a broken pipe if the parent is killed.
+commits exactly what it sent. It dies with its parent (dagpg.children).
 
 Messages on the child's stdout: one byte of kind, four of length (big-endian), the body.
 """
@@ -18,13 +18,13 @@ import logging
 import struct
 import subprocess
 import sys
-import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagpg.migrate.errors import CopyProcessError
-from dagpg.migrate.source import SourceLayout
+from dagpg import children
+from dagpg.migrate.errors import CopyProcessError, relay
+from dagpg.migrate.source import SourceFiles
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +36,21 @@ _HEADER = struct.Struct(">cI")
 class EventJob:
     """All the child needs, sent to it as JSON on its stdin."""
 
-    layout: SourceLayout
-    scratch: Path
-    copies: dict[Path, Path]
+    files: SourceFiles
     plan_path: Path
     shard_ids: list[str]
     marker: dict | None
     batch_rows: int
 
     def to_json(self) -> str:
-        layout = {k: (None if v is None else str(v)) for k, v in asdict(self.layout).items()}
-        return json.dumps({"layout": layout, "scratch": str(self.scratch),
-                           "copies": [[str(a), str(b)] for a, b in self.copies.items()],
-                           "plan_path": str(self.plan_path), "shard_ids": self.shard_ids,
-                           "marker": self.marker, "batch_rows": self.batch_rows})
+        return json.dumps({"files": self.files.as_json(), "plan_path": str(self.plan_path),
+                           "shard_ids": self.shard_ids, "marker": self.marker,
+                           "batch_rows": self.batch_rows})
 
     @classmethod
     def from_json(cls, text: str) -> EventJob:
         data = json.loads(text)
-        layout = SourceLayout(**{k: (None if v is None else Path(v))
-                                 for k, v in data["layout"].items()})
-        return cls(layout=layout, scratch=Path(data["scratch"]),
-                   copies={Path(a): Path(b) for a, b in data["copies"]},
+        return cls(files=SourceFiles.from_json(data["files"]),
                    plan_path=Path(data["plan_path"]), shard_ids=data["shard_ids"],
                    marker=data["marker"], batch_rows=data["batch_rows"])
 
@@ -72,8 +65,8 @@ class Pump:
     """`units()` yields one read()-able stream per unit; its `.end` is set once drained."""
 
     def __init__(self, job: EventJob):
-        self._process = subprocess.Popen([sys.executable, "-m", "dagpg.migrate.pump"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._process = children.popen([sys.executable, "-m", "dagpg.migrate.pump"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._process.stdin.write(job.to_json().encode("utf-8"))
         self._process.stdin.close()
 
@@ -94,10 +87,10 @@ class Pump:
         kind, length = _HEADER.unpack(header)
         body = out.read(length)
         if kind == _ERROR:
-            error = json.loads(body)
-            if error["traceback"]:
-                log.error("event-rendering process failed:\n%s", error["traceback"])
-            raise CopyProcessError(error["message"], error["exit_code"], error["traceback"])
+            error = CopyProcessError.from_relay(json.loads(body))
+            if error.trace:
+                log.error("event-rendering process failed:\n%s", error.trace)
+            raise error
         return kind, body
 
     def stop(self) -> None:
@@ -155,17 +148,15 @@ def _send(out, kind: bytes, body: bytes) -> None:
 
 def main() -> int:
     """Render every remaining unit of the job read from stdin onto stdout."""
-    from dagpg.errors import DagpgError
     from dagpg.migrate.events import EventRows, UnitLog
     from dagpg.migrate.idmap import EventPlan
-    from dagpg.migrate.source import SourceFiles
 
+    children.watch_parent()
     out = sys.stdout.buffer
     try:
         job = EventJob.from_json(sys.stdin.read())
-        files = SourceFiles(job.layout, job.scratch, dict(job.copies))
         plan = EventPlan(job.plan_path, readonly=True)
-        rows = EventRows(files, plan, job.shard_ids, UnitLog(), job.batch_rows, job.marker)
+        rows = EventRows(job.files, plan, job.shard_ids, UnitLog(), job.batch_rows, job.marker)
         for chunks, close in rows.units():
             for chunk in chunks:
                 _send(out, _DATA, chunk.encode("utf-8"))
@@ -176,12 +167,8 @@ def main() -> int:
     except (BrokenPipeError, ConnectionResetError):
         return 1  # the parent is gone
     except BaseException as exc:  # noqa: BLE001  (handed to the parent, raised there)
-        known = isinstance(exc, DagpgError)
-        error = {"message": str(exc) if known else f"{type(exc).__name__}: {exc}",
-                 "exit_code": exc.exit_code if known else 1,
-                 "traceback": "" if known else "".join(traceback.format_exception(exc))}
         try:
-            _send(out, _ERROR, json.dumps(error).encode("utf-8"))
+            _send(out, _ERROR, json.dumps(relay(exc)).encode("utf-8"))
             out.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass

@@ -121,7 +121,7 @@ def upgrade_copy(files: SourceFiles, dest: Path) -> SourceLayout:
         encoding="utf-8")
     log.info("upgrading a copy of the source in %s", base)
     with DagsterInstance.from_config(str(dest)) as instance:
-        instance.upgrade(print_fn=lambda msg: log.info("%s", msg))
+        instance.upgrade()  # no print_fn: with one, Dagster draws tqdm bars on our stderr
         storage = instance.event_log_storage
         if isinstance(storage, SqliteEventLogStorage) and copied.shard_path("").exists():
             # Dagster's upgrade globs *.db and so never sees the hidden shard of run_id ''.

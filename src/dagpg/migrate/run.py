@@ -1,9 +1,18 @@
 """`migrate()`: a SQLite instance's whole history into the PostgreSQL instance, then proof.
 
-Phases: inspect the source (layout, revisions, daemon heartbeats, counts) and the target
-(empty, or this tool's own unfinished migration); let Dagster create the target schema; lay out
-the global event order; copy tables and events in resumable units; move the sequences; verify
-through Dagster's APIs on both instances. Nothing is ever written to the source.
+The phases, in order (each a method of `_Migration`, named for what it does):
+
+1. `inspect_source`: layout, daemon heartbeats, schema revisions, missing shards, every page of
+   every file read (`check`), the compute logs to copy. Read-only: bad input stops here.
+2. `examine_target`: empty, this source's unfinished migration, or already done (read-only).
+3. `plan_events`: the global event order (a source behind Dagster's head is upgraded on a
+   private copy first).
+4. `create_schema`: Dagster creates (or repairs) the target schema, and the kit's.
+5. `claim_target`: under the migration lock, decide again and record the migration.
+6. `copy_tables`, `copy_events`, `reset_sequences`, `copy_compute_logs`: resumable units.
+7. `verify`: both instances compared through Dagster's APIs.
+
+Nothing is ever written to the source. Killed at any point, the same command finishes.
 """
 
 from __future__ import annotations
@@ -17,37 +26,26 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import yaml
-
 from dagpg import pg, schema
-from dagpg.dbtables import has_table
 from dagpg.heartbeats import newest, read_heartbeats
 from dagpg.instance import Instance
+from dagpg.migrate import compute_logs, counts, state, target
 from dagpg.migrate import revisions as revs
-from dagpg.migrate import state
 from dagpg.migrate.copier import Copier
 from dagpg.migrate.dagster_views import source_instance, target_instance
-from dagpg.migrate.errors import (
-    AlreadyMigratedError,
-    MigrateError,
-    SourceInUseError,
-    TargetBusyError,
-    TargetHasOtherMigrationError,
-    TargetNotEmptyError,
-    VerificationError,
-)
+from dagpg.migrate.errors import MigrateError, SourceInUseError, TargetBusyError, VerificationError
 from dagpg.migrate.idmap import EventPlan, check_missing_shards
-from dagpg.migrate.pump import EventJob
-from dagpg.migrate.report import MigrationReport, TableCount
+from dagpg.migrate.report import MigrationReport
 from dagpg.migrate.source import (
     SourceFiles,
     SourceLayout,
+    check_integrity,
     discover,
     fingerprint,
-    sqlite_error,
 )
 from dagpg.migrate.tables import INDEX, RUNS, SCHEDULES, SKIPPED, TABLES, Transforms, sensor_types
 from dagpg.migrate.verify import Verifier
+from dagpg.migrate.verify_worker import EventsWorker, VerifyJob
 from dagpg.progress import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -55,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_ROWS = 50_000
 SCRATCH_PREFIX = "dagpg-migrate-"
 HEARTBEAT_MAX_AGE_S = 120.0  # Dagster's daemons beat every 30 s
+ALREADY_DONE = "already-done"
 
 
 def migrate(instance: Instance, source: str | Path, *, dry_run: bool = False,
@@ -65,128 +64,226 @@ def migrate(instance: Instance, source: str | Path, *, dry_run: bool = False,
     """Migrate SOURCE (old DAGSTER_HOME or SQLite base_dir) into `instance`'s PostgreSQL.
 
     Raises a DagpgError subclass on bad input (nothing written), VerificationError (with
-    `.report`) when the instances differ after the copy. A re-run resumes an interrupted run.
-    `verify_workers`: 0 or 1 extra process comparing events (None: 1 on a multi-core machine
-    for histories of 100k events or more).
+    `.report`) when the instances differ after the copy, ConnectionLostError when PostgreSQL
+    goes away. A re-run resumes an interrupted run; once done, a re-run returns a report with
+    status "already-done". `verify_workers`: 0 or 1 extra process comparing events (None: 1 on
+    a multi-core machine for histories of 100k events or more).
     """
     from dagster.version import __version__ as dagster_version
 
     if batch_rows < 1:
         raise MigrateError("--batch-rows must be at least 1")
     layout = discover(source)
-    say = _Say(progress)
     report = MigrationReport(source=layout.as_dict(), target=instance.target.url(),
                              dagster_version=dagster_version, dry_run=dry_run)
-    timer = _Timer(report)
-    with ExitStack() as stack:
-        scratch = _scratch(stack)
-        files = SourceFiles(layout, scratch)
-
-        # 1. Read-only checks of both sides: any bad input stops here, nothing written.
-        with timer("inspect"):
-            with _closing(files.connect(layout.runs_db)) as runs_conn:
-                if not force:
-                    _refuse_running_daemon(runs_conn, heartbeat_max_age_s)
-            shard_ids = layout.shard_ids()
-            say.start("inspect", 3, "files")
-            found = revs.check(files, tick=lambda: say.tick(1))
-            check_missing_shards(files, shard_ids)
-            print_id = fingerprint(layout)
-            _note_compute_logs(layout, instance, report)
-        with pg.connection(instance.target) as conn:
-            resume = _target_decision(conn, instance, layout, print_id)
-        report.resumed = resume is not None
-        # 2. The global event order; reading every shard also finds a corrupt one, and each
-        # shard's schema revision. A source behind Dagster's head is upgraded on a copy first.
-        upgraded = False
-        if not found.at_head and not dry_run:
-            files, upgraded = _upgrade_copy(files, scratch, found, report, timer, say), True
-        with timer("plan"):
-            say.start("plan", len(shard_ids), "shards")
-            plan = stack.enter_context(_closing(EventPlan(scratch / "plan.db")))
-            stats = plan.build(files, shard_ids, tick=say.tick)
-            if not upgraded:
-                found = revs.add(found, plan.revisions)
-        if not (found.at_head or dry_run or upgraded):  # only some shards were behind
-            files = _upgrade_copy(files, scratch, found, report, timer, say)
-            with timer("plan"):
-                say.start("plan", len(shard_ids), "shards")
-                plan = stack.enter_context(_closing(EventPlan(scratch / "plan-upgraded.db")))
-                stats = plan.build(files, shard_ids, tick=say.tick)
-        report.revisions = found.as_dict()
-        with timer("plan"):
-            source_counts = _source_counts(files)
-            report.plan = {"shards": len(shard_ids), "events": stats.as_dict(),
-                           "tables": source_counts, "skipped": SKIPPED,
-                           "batch_rows": batch_rows}
+    say = _Say(progress)
+    with ExitStack() as stack, pg.lost_connection(instance.target, lambda: say.doing):
+        run = _Migration(instance, layout, report, say, stack, batch_rows)
+        run.inspect_source(force=force, heartbeat_max_age_s=heartbeat_max_age_s)
+        decision = run.examine_target()
+        if decision.done:
+            return run.already_done(decision.done)
+        run.plan_events(dry_run=dry_run)
         if dry_run:
             report.status = "dry-run"
             report.notes.append("dry run: nothing was written")
             return report
-
-        # 3. Write: schema, then resumable units, then sequences.
-        with timer("schema"):
-            say.start("schema", 0, "steps")
-            schema.upgrade(instance)
-        lock_conn = stack.enter_context(_closing(pg.connect(instance.target, autocommit=True)))
-        if not state.try_lock(lock_conn):
-            raise TargetBusyError(instance.target.where)
-        conn = stack.enter_context(_closing(pg.connect(instance.target)))
-        resume = _target_decision(conn, instance, layout, print_id)
-        mid = resume.id if resume else state.start(conn, str(layout.given), print_id,
-                                                    dagster_version, report.plan)
-        report.migration_id, report.resumed = mid, resume is not None
-        if stats.ambiguous:
-            report.warnings.add("index_only", "event_logs", "index.db events matched out of "
-                                "order: kept once, from their shard", count=stats.ambiguous)
-        copier = Copier(conn, mid, batch_rows, report.warnings)
-        sources = ((RUNS, files.layout.runs_db), (INDEX, files.layout.index_db),
-                   (SCHEDULES, files.layout.schedules_db))
-        conns = {name: stack.enter_context(_closing(files.connect(path,
-                                                                  required=name != SCHEDULES)))
-                 for name, path in sources}
-        types = sensor_types(conns[SCHEDULES])
-        with timer("tables"):
-            state.set_phase(conn, mid, "tables")
-            say.start("tables", sum(source_counts.values()), "rows")
-            transforms = Transforms(plan, report.warnings, types)
-            for spec in TABLES:
-                if conns[spec.file] is not None:
-                    copier.copy_table(spec, conns[spec.file], transforms, tick=say.tick)
-        with timer("events"):
-            state.set_phase(conn, mid, "events")
-            say.start("events", stats.total, "events")
-            copier.copy_events(files, plan, shard_ids, tick=say.tick)
-        with timer("sequences"):
-            copier.reset_sequences()
-        report.tables = _table_counts(conn, source_counts, stats.total)
-        _compare_run_counts(conn, plan, report)
-
-        # 4. Proof through Dagster's APIs on both instances.
-        with timer("verify"):
-            state.set_phase(conn, mid, "verify", state.VERIFYING)
-            say.start("verify", 0, "checks")
-            workers = verify_workers
-            if workers is None:  # a second process pays off past its ~2 s start, on 2+ cores
-                workers = int((os.cpu_count() or 1) > 1 and stats.total >= 100_000)
-            with source_instance(files, scratch) as src, target_instance(instance) as tgt:
-                verifier = Verifier(src, tgt, plan.floor, types, copier.dropped,
-                                    tick=lambda _c: say.tick(1), target_home=instance.home,
-                                    sizes=plan.sizes(), worker_job=EventJob(
-                                        layout=files.layout, scratch=scratch,
-                                        copies=dict(files.copies), plan_path=plan.path,
-                                        shard_ids=[], marker=None, batch_rows=batch_rows)
-                                    if workers else None)
-                report.verification = verifier.run(shard_ids, conns[INDEX], conns[SCHEDULES],
-                                                   conns[RUNS])
-        report.status = state.DONE if report.ok else state.FAILED
-        state.finish(conn, mid, report.status, report.as_dict())
+        run.create_schema()
+        if run.claim_target() is not None:
+            return report  # finished by another run meanwhile
+        run.copy_tables()
+        run.copy_events()
+        run.reset_sequences()
+        run.copy_compute_logs()
+        run.verify(verify_workers)
+        run.finish()
     if not report.ok:
         error = VerificationError(report.verification.difference_count,
                                   str(report.verification.differences[0]))
         error.report = report
         raise error
     return report
+
+
+class _Migration:
+    """The state the phases share; each phase method reads what the earlier ones left."""
+
+    def __init__(self, instance: Instance, layout: SourceLayout, report: MigrationReport,
+                 say: _Say, stack: ExitStack, batch_rows: int):
+        self.instance, self.layout, self.report, self.say = instance, layout, report, say
+        self.stack, self.batch_rows = stack, batch_rows
+        self.where = instance.target.url()
+        self.timer = _Timer(report)
+        self.scratch = _scratch(stack)
+        self.files = SourceFiles(layout, self.scratch)
+
+    # -- 1. read-only: any bad input stops here, nothing written -----------------------------
+    def inspect_source(self, *, force: bool, heartbeat_max_age_s: float) -> None:
+        layout, files = self.layout, self.files
+        with self.timer("inspect"):
+            with _closing(files.connect(layout.runs_db)) as runs_conn:
+                if not force:
+                    _refuse_running_daemon(runs_conn, heartbeat_max_age_s)
+            self.shard_ids = layout.shard_ids()
+            self.say.start("inspect", 3, "files")
+            self.revisions = revs.check(files, tick=lambda: self.say.tick(1))
+            check_missing_shards(files, self.shard_ids)
+            self.fingerprint = fingerprint(layout)
+        with self.timer("check"):
+            paths = [layout.runs_db, layout.index_db, layout.schedules_db,
+                     *(layout.shard_path(r) for r in self.shard_ids)]
+            self.say.start("check", len(paths), "files")
+            check_integrity(files, paths, tick=self.say.tick)
+            self.logs = compute_logs.plan(files, self.instance)
+        if self.logs.skipped:
+            self.report.notes.append(f"compute logs not copied: {self.logs.skipped}")
+
+    def examine_target(self) -> target.Decision:
+        """Refuse a target that will be refused anyway, before any work or write."""
+        with pg.connection(self.instance.target) as conn:
+            decision = target.examine(conn, self.where, self.layout, self.fingerprint)
+        self.report.resumed = decision.resume is not None
+        return decision
+
+    def already_done(self, row: state.MigrationRow) -> MigrationReport:
+        self.report.status, self.report.migration_id = ALREADY_DONE, row.id
+        self.report.notes.append(f"migration #{row.id} of {row.source} into {self.where} "
+                                 f"finished {row.finished_at:%Y-%m-%d %H:%M %Z} and the source "
+                                 "has not changed since: nothing to do")
+        return self.report
+
+    def plan_events(self, *, dry_run: bool) -> None:
+        """The global event order. Reading every shard also gives each one's schema revision;
+        a source behind Dagster's head is upgraded on a private copy first."""
+        found, upgraded = self.revisions, False
+        if not found.at_head and not dry_run:
+            self._upgrade_copy(found)
+            upgraded = True
+        self.plan, stats = self._build_plan("plan.db")
+        if not upgraded:
+            found = revs.add(found, self.plan.revisions)
+        if not (found.at_head or dry_run or upgraded):  # only some shards were behind
+            self._upgrade_copy(found)
+            self.plan, stats = self._build_plan("plan-upgraded.db")
+        self.stats = stats
+        self.report.revisions = found.as_dict()
+        with self.timer("plan"):
+            self.source_counts = counts.source_counts(self.files)
+            self.report.plan = {"shards": len(self.shard_ids), "events": stats.as_dict(),
+                                "tables": self.source_counts, "skipped": SKIPPED,
+                                "compute_logs": self.logs.as_dict(),
+                                "batch_rows": self.batch_rows}
+
+    # -- 2. write: schema, then resumable units, then sequences -----------------------------
+    def create_schema(self) -> None:
+        with self.timer("schema"):
+            self.say.start("schema", 0, "steps")
+            upgrade = schema.upgrade(self.instance)
+        self.report.notes.extend(upgrade.repaired)
+
+    def claim_target(self) -> state.MigrationRow | None:
+        """Take the migration lock for the rest of the run, decide again under it (the first
+        decision was made without it), and record the migration. Returns the migration that
+        finished meanwhile, if one did."""
+        lock_conn = self.stack.enter_context(_closing(pg.connect(self.instance.target,
+                                                                 autocommit=True)))
+        if not state.try_lock(lock_conn):
+            raise TargetBusyError(self.instance.target.where)
+        self.conn = conn = self.stack.enter_context(_closing(pg.connect(self.instance.target)))
+        decision, mid = target.claim(conn, self.where, self.layout, self.fingerprint,
+                                     self.report.dagster_version, self.report.plan)
+        if decision.done:
+            self.already_done(decision.done)
+            return decision.done
+        self.mid = self.report.migration_id = mid
+        self.report.resumed = decision.resume is not None
+        if decision.restart:
+            self.report.notes.append(
+                f"{self.layout.given} changed since migration #{decision.restart.id} started "
+                f"(a file restored or written to): its partial copy was removed and the "
+                f"migration started over as #{mid}")
+        if self.stats.ambiguous:
+            self.report.warnings.add("index_only", "event_logs", "index.db events matched out "
+                                     "of order: kept once, from their shard",
+                                     count=self.stats.ambiguous)
+        self.copier = Copier(conn, mid, self.batch_rows, self.report.warnings)
+        sources = ((RUNS, self.layout.runs_db), (INDEX, self.layout.index_db),
+                   (SCHEDULES, self.layout.schedules_db))
+        self.conns = {name: self.stack.enter_context(_closing(
+            self.files.connect(path, required=name != SCHEDULES))) for name, path in sources}
+        self.sensor_types = sensor_types(self.conns[SCHEDULES])
+        return None
+
+    def copy_tables(self) -> None:
+        with self.timer("tables"):
+            state.set_phase(self.conn, self.mid, "tables")
+            self.say.start("tables", sum(self.source_counts.values()), "rows")
+            transforms = Transforms(self.plan, self.report.warnings, self.sensor_types)
+            for spec in TABLES:
+                if self.conns[spec.file] is not None:
+                    self.copier.copy_table(spec, self.conns[spec.file], transforms,
+                                           tick=self.say.tick)
+
+    def copy_events(self) -> None:
+        with self.timer("events"):
+            state.set_phase(self.conn, self.mid, "events")
+            self.say.start("events", self.stats.total, "events")
+            self.copier.copy_events(self.files, self.plan, self.shard_ids, tick=self.say.tick)
+
+    def reset_sequences(self) -> None:
+        with self.timer("sequences"):
+            self.copier.reset_sequences()
+        self.report.tables = counts.table_counts(self.conn, self.source_counts,
+                                                 self.stats.total)
+        counts.compare_run_counts(self.conn, self.plan, self.report)
+
+    def copy_compute_logs(self) -> None:
+        with self.timer("logs"):
+            state.set_phase(self.conn, self.mid, "logs")
+            self.say.start("logs", self.logs.files, "files")
+            compute_logs.copy(self.conn, self.mid, self.logs, tick=self.say.tick)
+
+    # -- 3. proof through Dagster's APIs on both instances ----------------------------------
+    def verify(self, workers: int | None) -> None:
+        with self.timer("verify"):
+            state.set_phase(self.conn, self.mid, "verify", state.VERIFYING)
+            self.say.start("verify", 0, "checks")
+            if workers is None:  # a second process pays off past its ~2 s start, on 2+ cores
+                workers = int((os.cpu_count() or 1) > 1 and self.stats.total >= 100_000)
+            worker = None
+            if workers:
+                def worker(run_ids: list[str]) -> EventsWorker:
+                    return EventsWorker(VerifyJob(self.files, self.plan.path,
+                                                  self.instance.home, run_ids))
+            with source_instance(self.files, self.scratch) as src, \
+                    target_instance(self.instance) as tgt:
+                verifier = Verifier(src, tgt, self.plan.ids(), self.sensor_types,
+                                    self.copier.dropped, tick=lambda _c: self.say.tick(1),
+                                    events_worker=worker, sizes=self.plan.sizes())
+                result = verifier.run(self.shard_ids, self.conns[INDEX],
+                                      self.conns[SCHEDULES], self.conns[RUNS])
+                compute_logs.compare(result, self.logs, tgt.compute_log_manager,
+                                     tick=lambda _c: self.say.tick(1))
+            self.report.verification = result
+
+    def finish(self) -> None:
+        self.report.status = state.DONE if self.report.ok else state.FAILED
+        state.finish(self.conn, self.mid, self.report.status, self.report.as_dict())
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _build_plan(self, name: str) -> tuple[EventPlan, object]:
+        with self.timer("plan"):
+            self.say.start("plan", len(self.shard_ids), "shards")
+            plan = self.stack.enter_context(_closing(EventPlan(self.scratch / name)))
+            return plan, plan.build(self.files, self.shard_ids, tick=self.say.tick)
+
+    def _upgrade_copy(self, found: revs.Revisions) -> None:
+        with self.timer("upgrade copy"):
+            self.say.start("upgrade copy", 0, "files")
+            self.files = SourceFiles(revs.upgrade_copy(self.files, self.scratch / "upgraded"),
+                                     self.scratch)
+        self.report.notes.append(f"the source's schema ({found.found}) was upgraded to "
+                                 f"{found.head} on a private copy; the source is untouched")
 
 
 def _scratch(stack: ExitStack) -> Path:
@@ -207,115 +304,10 @@ def _scratch(stack: ExitStack) -> Path:
     return scratch
 
 
-def _upgrade_copy(files: SourceFiles, scratch: Path, found, report: MigrationReport, timer,
-                  say) -> SourceFiles:
-    with timer("upgrade copy"):
-        say.start("upgrade copy", 0, "files")
-        copied = SourceFiles(revs.upgrade_copy(files, scratch / "upgraded"), scratch)
-    report.notes.append(f"the source's schema ({found.found}) was upgraded to {found.head} on "
-                        "a private copy; the source is untouched")
-    return copied
-
-
 def _refuse_running_daemon(runs_conn: sqlite3.Connection, max_age_s: float) -> None:
     beat = newest(read_heartbeats(runs_conn))
     if beat is not None and beat.age_s() < max_age_s:
         raise SourceInUseError(beat.daemon_type, max(beat.age_s(), 0), max_age_s)
-
-
-def _source_counts(files: SourceFiles) -> dict[str, int]:
-    layout = files.layout
-    counts: dict[str, int] = {}
-    for file, path in ((RUNS, layout.runs_db), (INDEX, layout.index_db),
-                       (SCHEDULES, layout.schedules_db)):
-        conn = files.connect(path, required=file != SCHEDULES)
-        if conn is None:
-            continue
-        try:
-            for spec in TABLES:
-                if spec.file == file and has_table(conn, spec.name):
-                    counts[spec.name] = conn.execute(
-                        f'SELECT count(*) FROM "{spec.name}"').fetchone()[0]  # noqa: S608
-        except sqlite3.DatabaseError as exc:
-            raise sqlite_error(path, exc) from None
-        finally:
-            conn.close()
-    return counts
-
-
-def _history_counts(conn) -> dict[str, int]:
-    """Rows in the target's history tables (those that exist)."""
-    out = {}
-    with conn.cursor() as cur:
-        for name in [*(t.name for t in TABLES if t.name != "instance_info"), "event_logs"]:
-            if has_table(cur, f"public.{name}"):
-                cur.execute(f'SELECT count(*) FROM (SELECT 1 FROM "{name}" LIMIT 1) t')  # noqa: S608
-                out[name] = cur.fetchone()[0]
-    conn.rollback()
-    return out
-
-
-def _target_decision(conn, instance: Instance, layout: SourceLayout,
-                     print_id: str) -> state.MigrationRow | None:
-    """The unfinished migration of this source to resume, None for a fresh start, or raise."""
-    where = instance.target.url()
-    last = state.latest(conn)
-    conn.rollback()
-    if last is not None and last.fingerprint == print_id:
-        if last.finished:
-            raise AlreadyMigratedError(where, last.id, last.source, last.finished_at)
-        return last
-    if last is not None and not last.finished:
-        if last.source == str(layout.given):
-            raise MigrateError(f"{layout.given} changed since migration #{last.id} into {where} "
-                               "started; recreate the target database and migrate again")
-        raise TargetHasOtherMigrationError(where, last.source, last.status)
-    busy = {k: v for k, v in _history_counts(conn).items() if v}
-    if busy:
-        raise TargetNotEmptyError(where, "rows in " + ", ".join(sorted(busy)))
-    return None
-
-
-def _table_counts(conn, source: dict[str, int], events: int) -> list[TableCount]:
-    out = []
-    with conn.cursor() as cur:
-        for spec in TABLES:
-            cur.execute(f'SELECT count(*) FROM "{spec.name}"')  # noqa: S608
-            out.append(TableCount(spec.name, source.get(spec.name, 0), cur.fetchone()[0]))
-        cur.execute("SELECT count(*) FROM event_logs")
-        out.append(TableCount("event_logs", events, cur.fetchone()[0],
-                              "source: run shards + index-only events"))
-    conn.rollback()
-    return out
-
-
-def _compare_run_counts(conn, plan: EventPlan, report: MigrationReport) -> None:
-    expected = dict(plan.db.execute(
-        "SELECT s.run_key, s.n_rows + (SELECT count(*) FROM anchors a WHERE a.run_key = "
-        "s.run_key AND a.pos IS NULL) FROM shards s"))
-    with conn.cursor() as cur:
-        cur.execute("SELECT COALESCE(run_id, ''), count(*) FROM event_logs GROUP BY 1")
-        actual = dict(cur.fetchall())
-    conn.rollback()
-    report.runs_compared = len(set(expected) | set(actual))
-    for run_id in sorted(set(expected) | set(actual)):
-        if expected.get(run_id, 0) != actual.get(run_id, 0):
-            report.runs_differing.append({"run_id": run_id, "source": expected.get(run_id, 0),
-                                          "target": actual.get(run_id, 0)})
-
-
-def _note_compute_logs(layout: SourceLayout, instance: Instance, report: MigrationReport):
-    if layout.yaml_path is None:
-        return
-    try:
-        data = yaml.safe_load(layout.yaml_path.read_text(encoding="utf-8")) or {}
-        base = ((data.get("compute_logs") or {}).get("config") or {}).get("base_dir")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return
-    old = Path(base) if isinstance(base, str) else layout.given / "storage"
-    if old.is_dir() and old.resolve() != Path(instance.compute_logs_dir).resolve():
-        report.notes.append(f"compute logs (stdout/stderr of old runs) are files in {old}; "
-                            f"copy them to {instance.compute_logs_dir} to see them in the UI")
 
 
 @contextmanager
@@ -341,12 +333,22 @@ class _Timer:
                 time.monotonic() - start
 
 
+_DOING = {"inspect": "reading the source", "check": "checking the source",
+          "plan": "planning the copy", "schema": "creating the target's schema",
+          "tables": "copying tables", "events": "copying events",
+          "logs": "copying compute logs", "verify": "verifying the copy"}
+
+
 class _Say:
     """Progress events for one phase at a time."""
 
     def __init__(self, progress: ProgressFn | None):
         self.progress = progress
         self.phase, self.total, self.unit, self.done = "", 0, "", 0
+
+    @property
+    def doing(self) -> str:
+        return _DOING.get(self.phase, f"migrating ({self.phase})" if self.phase else "starting")
 
     def start(self, phase: str, total: int, unit: str) -> None:
         self.phase, self.total, self.unit, self.done = phase, total, unit, 0
@@ -359,4 +361,3 @@ class _Say:
     def _emit(self) -> None:
         if self.progress:
             self.progress(Progress(self.phase, self.done, self.total, self.unit))
-

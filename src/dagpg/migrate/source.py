@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import sqlite3
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -184,6 +186,18 @@ class SourceFiles:
             return self.copies[path], False
         return path, True
 
+    def as_json(self) -> dict:
+        """For a helper process (pump.py, verify_worker.py): the same files, the same copies."""
+        layout = {k: (None if v is None else str(v)) for k, v in asdict(self.layout).items()}
+        return {"layout": layout, "scratch": str(self.scratch),
+                "copies": [[str(a), str(b)] for a, b in self.copies.items()]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SourceFiles:
+        layout = SourceLayout(**{k: (None if v is None else Path(v))
+                                 for k, v in data["layout"].items()})
+        return cls(layout, Path(data["scratch"]), {Path(a): Path(b) for a, b in data["copies"]})
+
     def uri(self, path: Path) -> str:
         real, immutable = self.readable_path(path)
         flags = "mode=ro&immutable=1" if immutable else "mode=ro"
@@ -206,6 +220,34 @@ class SourceFiles:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise sqlite_error(path, exc) from None
         return conn
+
+
+def check_integrity(files: SourceFiles, paths: list[Path],
+                    tick: Callable[[int], None] | None = None) -> None:
+    """Read every page of every file (SQLite's `PRAGMA quick_check`: the b-trees, their cells
+    and free lists; not whether indexes match their tables) before anything is written, two
+    files at a time. The first damaged or unreadable one raises CorruptSourceError or
+    UnreadableSourceError, naming it."""
+    def check(path: Path) -> None:
+        conn = files.connect(path, required=path != files.layout.schedules_db,
+                             check_same_thread=False)
+        if conn is None:
+            return
+        try:
+            problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise sqlite_error(path, exc) from None
+        finally:
+            conn.close()
+        if problem != "ok":  # e.g. "*** in database main ***\nPage 5: btreeInitPage() ..."
+            raise CorruptSourceError(str(path), " ".join(
+                problem.replace("*** in database main ***", "").split()))
+
+    # SQLite reads without the GIL, so two threads use both cores of a small server.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dagpg-check") as pool:
+        for _ in pool.map(check, paths):
+            if tick:
+                tick(1)
 
 
 def sqlite_error(path: Path, exc: Exception):

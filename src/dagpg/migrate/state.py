@@ -18,6 +18,7 @@ from dagpg.schema import KIT_SCHEMA
 
 _LOCK = 7_160_004  # pg_advisory_lock key: one migrate-from-sqlite per database
 RUNNING, VERIFYING, DONE, FAILED = "running", "verifying", "done", "failed"
+ABANDONED = "abandoned"  # its source changed before it finished; its partial copy was removed
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,14 @@ def finish(conn, mid: int, status: str, report: dict) -> None:
                     "report = %s, updated_at = now(), finished_at = now() WHERE id = %s",
                     (status, json.dumps(report, default=str), mid))
     conn.commit()
+
+
+def abandon(conn, mid: int, why: str) -> None:
+    """Mark an unfinished migration abandoned (in the caller's transaction)."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE dagpg.migration_runs SET status = %s, phase = 'end', report = %s, "
+                    "updated_at = now(), finished_at = now() WHERE id = %s",
+                    (ABANDONED, json.dumps({"abandoned": why}), mid))
 
 
 def steps(conn, mid: int, prefix: str) -> list[tuple[str, int, dict]]:

@@ -77,6 +77,8 @@ class Transforms:
         self.plan = plan
         self.warnings = warnings
         self.sensor_types = sensor_types  # instigator origin id or selector id -> SensorType
+        self.table = ""  # the table being copied, for the warnings about its pointers
+        self.ids = cursors.IdMap(cursor=plan.floor, event=self._event)
         self.by_table: dict[str, Callable[[Row], Row | None]] = {
             "asset_keys": self.asset_keys,
             "asset_event_tags": self.asset_event_tags,
@@ -87,12 +89,18 @@ class Transforms:
             "kvs": self.kvs,
         }
 
-    def remap(self, index_id: int) -> int:
-        return self.plan.floor(index_id)
+    def _event(self, index_id: int, ref: cursors.EventRef | None) -> int:
+        new = self.plan.event_id(index_id, ref)
+        if new == cursors.NO_EVENT and index_id > 0:
+            self.warnings.add("orphan", self.table, "pointers to events that exist nowhere "
+                              "(their run was deleted): they point at none (0), as in SQLite",
+                              index_id)
+        return new
 
     def serialized(self, table: str, column: str, text):
+        self.table = table
         try:
-            return cursors.remap_serialized(text, self.remap)
+            return cursors.remap_serialized(text, self.ids)
         except (ValueError, cursors.Unreadable) as exc:
             self.warnings.add("cursor", table, f"{column} kept unchanged: cannot rewrite its "
                               "storage ids", exc)
@@ -118,22 +126,35 @@ class Transforms:
         return row
 
     def asset_check_executions(self, row: Row) -> Row | None:
-        for column in ("evaluation_event_storage_id", "materialization_event_storage_id"):
+        """Both storage ids are pointers: to the evaluation event, to the materialization it
+        evaluated. Either's index row may be gone; the evaluation event (copied from its run's
+        shard) says where to find both."""
+        self.table = "asset_check_executions"
+        entry = _json(row.get("evaluation_event"))
+        event = (entry.get("dagster_event") or {}) if entry else {}
+        data = event.get("event_specific_data") if isinstance(event, dict) else None
+        target = (data or {}).get("target_materialization_data") if isinstance(data, dict) \
+            else None
+        asset_key = row.get("asset_key")
+        refs = {
+            "evaluation_event_storage_id": cursors.EventRef(
+                (entry or {}).get("run_id"), (entry or {}).get("timestamp"), asset_key,
+                "ASSET_CHECK_EVALUATION") if entry else None,
+            "materialization_event_storage_id": cursors.EventRef(
+                target.get("run_id"), target.get("timestamp"), asset_key,
+                cursors.MATERIALIZATION) if isinstance(target, dict) else None,
+        }
+        for column, ref in refs.items():
             value = row.get(column)
             if isinstance(value, int):
-                new = self.plan.exact(value)
-                if new is None:
-                    new = self.remap(value)
-                    self.warnings.add("orphan", "asset_check_executions",
-                                      f"{column} points at a deleted event: mapped to the "
-                                      "event before it", value)
-                row[column] = new
+                row[column] = self._event(value, ref)
         row["evaluation_event"] = self.serialized("asset_check_executions", "evaluation_event",
                                                   row.get("evaluation_event"))
         return row
 
     def _instigator(self, table: str, body_column: str, key: str, row: Row) -> Row:
-        body, problem = cursors.remap_instigator_body(row.get(body_column), self.remap)
+        self.table = table
+        body, problem = cursors.remap_instigator_body(row.get(body_column), self.ids)
         if problem:
             name = _instigator_name(body)
             self.warnings.add("cursor", table, f"sensor cursor {problem}", name)
@@ -149,7 +170,8 @@ class Transforms:
     def job_ticks(self, row: Row) -> Row:
         sensor_type = (self.sensor_types.get(str(row.get("selector_id")))
                        or self.sensor_types.get(str(row.get("job_origin_id"))))
-        body, problem = cursors.remap_tick_body(row.get("tick_body"), sensor_type, self.remap)
+        self.table = "job_ticks"
+        body, problem = cursors.remap_tick_body(row.get("tick_body"), sensor_type, self.ids)
         if problem:
             self.warnings.add("cursor", "job_ticks", f"tick cursor {problem}",
                               _tick_name(body))
@@ -158,7 +180,7 @@ class Transforms:
 
     def kvs(self, row: Row) -> Row:
         try:
-            row["value"] = cursors.remap_kv(str(row.get("key")), row.get("value"), self.remap)
+            row["value"] = cursors.remap_kv(str(row.get("key")), row.get("value"), self.ids)
         except (ValueError, cursors.Unreadable) as exc:
             self.warnings.add("cursor", "kvs", "value kept unchanged: cannot rewrite its "
                               "storage ids", exc)
@@ -185,6 +207,14 @@ def sensor_types(schedules_conn) -> dict[str, str]:
                 if key and kind:
                     found[str(key)] = kind
     return found
+
+
+def _json(text) -> dict | None:
+    try:
+        tree = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return tree if isinstance(tree, dict) else None
 
 
 def _instigator_name(body) -> str:

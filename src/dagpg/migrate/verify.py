@@ -14,33 +14,32 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dagpg.dbtables import has_table
 from dagpg.migrate import cursors
+from dagpg.migrate.compare_events import PAGE, EventComparer
 from dagpg.migrate.events import Dropped
-from dagpg.migrate.pump import EventJob
 from dagpg.migrate.report import Verification
 from dagpg.migrate.verify_worker import EventsWorker, merge
 
 log = logging.getLogger(__name__)
-
-PAGE = 1000
-_HOLDS_STORAGE_IDS = {"ASSET_CHECK_EVALUATION"}
 
 
 @dataclass
 class Verifier:
     source: object        # DagsterInstance over SQLite (read-only)
     target: object        # DagsterInstance over PostgreSQL
-    remap: cursors.Remap  # index id -> new id
+    ids: cursors.IdMap    # the source's storage ids -> the target's
     sensor_types: dict[str, str]
     dropped: Dropped
     tick: Callable[[str], None] = lambda _check: None
     result: Verification = field(default_factory=Verification)
-    worker_job: EventJob | None = None  # set: share the events with a second process
-    target_home: Path | None = None
+    # set: a second process (verify_worker.py) compares the events of the runs given to it
+    events_worker: Callable[[list[str]], EventsWorker] | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # events per run, to split evenly
+
+    def __post_init__(self) -> None:
+        self.comparer = EventComparer(self.source, self.target, self.ids, self.result)
 
     def run(self, shard_ids: list[str], index_conn: sqlite3.Connection | None,
             schedules_conn: sqlite3.Connection | None, runs_conn: sqlite3.Connection) -> Verification:
@@ -91,16 +90,16 @@ class Verifier:
 
     # -- events --------------------------------------------------------------------------------
     def events(self, shard_ids: list[str]) -> None:
-        """Each run's events in order; with a worker job, about half the runs (by events) go
-        to a second process (verify_worker.py) while this one does the rest."""
+        """Each run's events in order; with a worker, about half the runs (by events) go to a
+        second process while this one does the rest."""
         runs = [r for r in shard_ids if r not in self.dropped.runs]
         mine, theirs = runs, []
-        if self.worker_job is not None and len(runs) > 1:
+        if self.events_worker is not None and len(runs) > 1:
             mine, theirs = _halves(runs, self.sizes)
-        worker = EventsWorker(self.worker_job, self.target_home, theirs) if theirs else None
+        worker = self.events_worker(theirs) if theirs else None
         try:
             for run_id in mine:
-                self.run_events(run_id)
+                self.comparer.run_events(run_id)
                 self.tick("events")
             if worker is not None:
                 merge(self.result, worker.result())
@@ -108,52 +107,19 @@ class Verifier:
             if worker is not None:
                 worker.stop()
 
-    def run_events(self, run_id: str) -> None:
-        cur_s = cur_t = None
-        last_storage_id = 0
-        seen = 0
-        while True:
-            conn_s = self.source.get_records_for_run(run_id, cursor=cur_s, limit=PAGE)
-            conn_t = self.target.get_records_for_run(run_id, cursor=cur_t, limit=PAGE)
-            recs_s, recs_t = conn_s.records, conn_t.records
-            if len(recs_s) != len(recs_t):  # an event missing: comparing by position is moot
-                self.result.differ("events", run_id or "(runless)",
-                                   f"{seen + len(recs_s)} events in SQLite vs "
-                                   f"{seen + len(recs_t)} in PostgreSQL (or more)")
-                return
-            for rec_s, rec_t in zip(recs_s, recs_t, strict=True):
-                seen += 1
-                self.result.count("events")
-                if rec_t.storage_id <= last_storage_id:
-                    self.result.differ("events", f"{run_id or '(runless)'}#{seen}",
-                                       "order not kept in PostgreSQL")
-                last_storage_id = rec_t.storage_id
-                if self.entry(rec_s.event_log_entry) != rec_t.event_log_entry:
-                    self.result.differ("events", f"{run_id or '(runless)'}#{seen}",
-                                       f"event differs ({rec_t.event_log_entry.dagster_event_type})")
-            if not (conn_s.has_more or conn_t.has_more):
-                return
-            cur_s, cur_t = conn_s.cursor, conn_t.cursor
-
     def entry(self, entry):
-        """A source EventLogEntry with the storage ids it holds mapped to the new space.
-
-        Of all event types only asset check evaluations hold one (their target
-        materialization); the rest are returned as they are, unserialized (it is the hot path).
-        """
-        from dagster_shared.serdes import deserialize_value, serialize_value
-
-        if entry.dagster_event_type not in _HOLDS_STORAGE_IDS:
-            return entry
-        text = serialize_value(entry)
-        if 'storage_id"' not in text:
-            return entry
-        return deserialize_value(cursors.remap_serialized(text, self.remap))
+        return self.comparer.entry(entry)
 
     def record(self, rec):
+        """A source record as the target should hold it: its storage id names its event."""
         if rec is None:
             return None
-        return (self.remap(rec.storage_id), self.entry(rec.event_log_entry))
+        entry = rec.event_log_entry
+        key = entry.dagster_event.asset_key if entry.dagster_event else None
+        ref = cursors.EventRef(entry.run_id, entry.timestamp,
+                               key.to_string() if key else None,
+                               entry.dagster_event_type.value if entry.dagster_event_type else "")
+        return (self.ids.event(rec.storage_id, ref), self.entry(entry))
 
     # -- assets --------------------------------------------------------------------------------
     def assets(self) -> None:
@@ -259,7 +225,7 @@ class Verifier:
         states_t = {s.selector_id: s for s in self.target.all_instigator_state()}
         for state in self.source.all_instigator_state():
             self.result.count("instigator states")
-            body, _ = cursors.remap_instigator_body(serialize_value(state), self.remap)
+            body, _ = cursors.remap_instigator_body(serialize_value(state), self.ids)
             expected = deserialize_value(body)
             other = states_t.pop(state.selector_id, None)
             if other != expected:
@@ -291,7 +257,7 @@ class Verifier:
                     self.result.count("ticks")
                     b = window.pop(a.tick_id, None)
                     body, _ = cursors.remap_tick_body(serialize_value(a.tick_data), sensor_type,
-                                                      self.remap)
+                                                      self.ids)
                     if b is None:
                         self.result.differ("ticks", f"{a.instigator_name}#{a.tick_id}",
                                            "missing in PostgreSQL")
@@ -344,7 +310,7 @@ class Verifier:
         for key in sorted(keys):
             self.result.count("daemon cursors (kvs)")
             try:
-                expected = cursors.remap_kv(key, got_s.get(key), self.remap)
+                expected = cursors.remap_kv(key, got_s.get(key), self.ids)
             except cursors.Unreadable:
                 expected = got_s.get(key)
             if expected != got_t.get(key):

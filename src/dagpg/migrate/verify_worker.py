@@ -2,30 +2,57 @@
 
 Deserializing every event twice (once per instance) is most of the verification's time and
 holds the GIL, so on a machine with a spare core half the runs go to this child
-(`python -m dagpg.migrate.verify_worker`, job as JSON on stdin, result as JSON on stdout).
+(`python -m dagpg.migrate.verify_worker`, a VerifyJob as JSON on stdin, the result as JSON on
+stdout). It dies with its parent; an error that stops it reaches the parent with its exit code,
+as pump.py's do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from dagpg.migrate.errors import MigrateError
-from dagpg.migrate.pump import EventJob
+from dagpg import children
+from dagpg.migrate.errors import VerifyProcessError, relay
 from dagpg.migrate.report import Verification
+from dagpg.migrate.source import SourceFiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    """What the child compares: these runs, of these files, against the instance in
+    `target_home`, with the plan's id mapping."""
+
+    files: SourceFiles
+    plan_path: Path
+    target_home: Path
+    run_ids: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps({"files": self.files.as_json(), "plan_path": str(self.plan_path),
+                           "target_home": str(self.target_home), "run_ids": self.run_ids})
+
+    @classmethod
+    def from_json(cls, text: str) -> VerifyJob:
+        data = json.loads(text)
+        return cls(files=SourceFiles.from_json(data["files"]),
+                   plan_path=Path(data["plan_path"]), target_home=Path(data["target_home"]),
+                   run_ids=data["run_ids"])
 
 
 class EventsWorker:
-    """The child, started with its share of runs; `result()` waits for its Verification."""
+    """The child, started with its job; `result()` waits for its Verification (as a dict)."""
 
-    def __init__(self, job: EventJob, target_home: Path, run_ids: list[str]):
-        payload = json.loads(job.to_json())
-        payload.update(target_home=str(target_home), run_ids=run_ids)
-        self._process = subprocess.Popen([sys.executable, "-m", "dagpg.migrate.verify_worker"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._process.stdin.write(json.dumps(payload).encode("utf-8"))
+    def __init__(self, job: VerifyJob):
+        self._process = children.popen([sys.executable, "-m", "dagpg.migrate.verify_worker"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._process.stdin.write(job.to_json().encode("utf-8"))
         self._process.stdin.close()
 
     def result(self) -> dict:
@@ -35,15 +62,21 @@ class EventsWorker:
             data = json.loads(output)
         except ValueError:
             data = None
+        if isinstance(data, dict) and "error" in data:
+            error = VerifyProcessError.from_relay(data["error"])
+            if error.trace:
+                log.error("verification process failed:\n%s", error.trace)
+            raise error
         if code != 0 or not isinstance(data, dict):
-            raise MigrateError(f"the verification process failed (exit code {code}): "
-                               f"{(data or {}).get('error', 'no result')}; run the command again")
+            raise VerifyProcessError(f"the verification process ended early (exit code {code});"
+                                     " run the command again")
         return data
 
     def stop(self) -> None:
         if self._process.poll() is None:
             self._process.kill()
-            self._process.wait(timeout=30)
+        self._process.wait(timeout=30)
+        self._process.stdout.close()
 
 
 def merge(into: Verification, data: dict) -> None:
@@ -56,27 +89,31 @@ def merge(into: Verification, data: dict) -> None:
 
 def main() -> int:
     from dagpg.instance import resolve_instance
+    from dagpg.migrate.compare_events import EventComparer
     from dagpg.migrate.dagster_views import source_instance, target_instance
-    from dagpg.migrate.events import Dropped
     from dagpg.migrate.idmap import EventPlan
-    from dagpg.migrate.source import SourceFiles
-    from dagpg.migrate.verify import Verifier
 
+    children.watch_parent()
     try:
-        raw = sys.stdin.read()
-        job, data = EventJob.from_json(raw), json.loads(raw)
-        files = SourceFiles(job.layout, job.scratch, dict(job.copies))
+        job = VerifyJob.from_json(sys.stdin.read())
+        target = resolve_instance(job.target_home)
         plan = EventPlan(job.plan_path, readonly=True)
-        with source_instance(files, job.scratch) as src, \
-                target_instance(resolve_instance(data["target_home"])) as tgt:
-            verifier = Verifier(src, tgt, plan.floor, {}, Dropped())
-            for run_id in data["run_ids"]:
-                verifier.run_events(run_id)
-        print(json.dumps(verifier.result.as_dict()))
-        return 0
-    except Exception as exc:  # noqa: BLE001  (reported by the parent as one line)
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
+        result = Verification()
+        with source_instance(job.files, job.files.scratch) as src, \
+                target_instance(target) as tgt:
+            comparer = EventComparer(src, tgt, plan.ids(), result)
+            for run_id in job.run_ids:
+                comparer.run_events(run_id)
+        output = result.as_dict()
+        code = 0
+    except BaseException as exc:  # noqa: BLE001  (handed to the parent, raised there)
+        output, code = {"error": relay(exc)}, 1
+    try:
+        sys.stdout.write(json.dumps(output))
+        sys.stdout.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        return 1  # the parent is gone
+    return code
 
 
 if __name__ == "__main__":
