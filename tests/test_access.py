@@ -474,7 +474,9 @@ def test_verify_passes_through_the_authenticated_proxy(stack):
                                     "--public-user", "operator",
                                     DAGPG_PUBLIC_PASSWORD=USERS["operator"])
     assert result.exit_code == 0, result.output
-    assert {c["status"] for c in report["checks"]} <= {"ok"}, [
+    # Every check passes; no keeper runs here (tests/test_watch*.py), so its check warns.
+    assert {c["name"]: c["status"] for c in report["checks"]
+            if c["status"] != "ok"} == {"keeper.heartbeat": "warn"}, [
         (c["name"], c["status"], c["detail"]) for c in report["checks"] if c["status"] != "ok"]
     assert checks["access.anonymous"]["detail"] == (
         f"8 anonymous requests to {stack.url(VIEWER)} and {stack.url(ADMIN)} (page, "

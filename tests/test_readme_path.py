@@ -167,7 +167,10 @@ def test_the_readme_path_ends_in_a_healthy_verify(clone):
         assert checks["operations.schedules"]["data"] == {
             "park_access_daily": ["RUNNING"], "instance_backup_nightly": ["RUNNING"]}
         assert checks["operations.backup"]["status"] == "ok"
-        assert not [c for c in checks.values() if c["status"] in ("fail", "warn")], checks
+        # Nothing fails; the one warning: no keeper, which runs as a service (`dagpg watch`
+        # under Servy, systemd or supervisord), not in the README's local steps.
+        assert {n: c["status"] for n, c in checks.items() if c["status"] in ("fail", "warn")} \
+            == {"keeper.heartbeat": "warn"}, checks
 
         # The code servers' working directory is the project, a folder that exists (with a
         # relative -w Dagster would make it dagster_home/dagster_home).
