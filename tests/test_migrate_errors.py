@@ -41,8 +41,12 @@ def migrate_cli(source, *extra: str, env: dict | None = None):
 
 
 def assert_error(result, code: int, line: str) -> None:
-    assert result.exit_code == code, result.output
-    assert result.output.splitlines()[-1] == f"Error: {line}"
+    import traceback
+
+    why = result.output + "".join(traceback.format_exception(*result.exc_info)) \
+        if result.exc_info else result.output
+    assert result.exit_code == code, why
+    assert result.output.splitlines()[-1:] == [f"Error: {line}"], why
 
 
 def assert_target_untouched(target) -> None:
