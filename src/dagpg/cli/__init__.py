@@ -16,6 +16,7 @@ from dagpg import __version__
 from dagpg.cli import config_cmds, db_cmds, instance_cmds, render_cmds, verify_cmds
 from dagpg.cli.backup_cmds import backup, backups, restore
 from dagpg.cli.migrate_cmds import migrate_from_sqlite
+from dagpg.cli.prune_cmds import prune
 from dagpg.errors import DagpgError
 
 
@@ -63,6 +64,7 @@ cli.add_command(backup)
 cli.add_command(backups)
 cli.add_command(restore)
 cli.add_command(migrate_from_sqlite)
+cli.add_command(prune)
 
 
 def main() -> None:
