@@ -7,14 +7,27 @@ result; and bad input is one line, a non-zero exit, nothing deleted.
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from dagpg.cli import cli
+from dagpg.localdb import free_port
 from dagpg.prune import events, prune_history
 from dagpg.settings import load_settings
-from tests import pgharness, prune_support
+from tests import pgharness, processes, prune_support
+from tests.backup_support import error_line
+
+DAGPG = Path(sys.executable).parent / "dagpg"
 
 pytestmark = pytest.mark.slow
 
@@ -179,4 +192,121 @@ def test_dry_run_reports_and_changes_nothing(history):
     assert report["events_deleted"]["LOG_MESSAGE"] > 0
     assert report["estimated_bytes"] > report["event_payload_bytes"] > 0
     assert report["compute_logs"]["folders_deleted"] > 0  # would delete
+    assert prune_support.digest(history.target, history.home) == before
+
+
+def _run_prune(home, env, *, kill_after=None, after_plan=False) -> tuple[bool, float, float]:
+    """`dagpg prune --yes` in a child process, SIGKILLed `kill_after` seconds after its start
+    (or after it printed its plan) unless it finished first. Returns (killed, seconds to its
+    plan, seconds to its end)."""
+    started = time.monotonic()
+    proc = subprocess.Popen([str(DAGPG), "prune", "--yes"], env={**env, "DAGSTER_HOME": str(home)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    planned: list[float] = []
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if "plan:" in line:
+                planned.append(time.monotonic() - started)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if after_plan:
+        processes.wait_for(lambda: planned or proc.poll() is not None, timeout=60,
+                           what="the prune's plan", interval=0.01)
+    try:
+        proc.wait(120 if kill_after is None else kill_after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        reader.join(5)
+        return True, (planned or [0.0])[0], time.monotonic() - started
+    reader.join(5)
+    assert proc.returncode == 0, "".join(lines)
+    return False, (planned or [0.0])[0], time.monotonic() - started
+
+
+SLOW_DELETES = """
+    CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS
+      $$ BEGIN PERFORM pg_sleep(0.008); RETURN OLD; END $$;
+    CREATE TRIGGER slow_delete BEFORE DELETE ON event_logs
+      FOR EACH ROW EXECUTE FUNCTION slow_delete()"""
+
+
+def test_killed_at_random_moments_it_finishes_with_the_same_result(pg_server, template, tmp_path):
+    """Two transactions per event (batch_rows 2), and each deleted event costs 8 ms (a trigger in
+    both copies: a slow, busy server), so that the kills land between many commits."""
+    env = {**os.environ, pgharness.PASSWORD_VAR: pg_server.admin.password or ""}
+    env.pop("DAGPG_CONFIG", None)
+    whole = prune_support.clone(pg_server, template, tmp_path / "whole", batch_rows=2)
+    killed = prune_support.clone(pg_server, template, tmp_path / "killed", batch_rows=2)
+    for copy in (whole, killed):
+        prune_support.rows(copy.target, SLOW_DELETES + "; SELECT 1")
+    try:
+        _, to_plan, to_end = _run_prune(whole.home, env)
+        work = to_end - to_plan
+        expected_state = prune_support.digest(whole.target, whole.home)
+        initial = prune_support.digest(killed.target, killed.home)
+        assert expected_state != initial
+
+        seed = random.randrange(1_000_000)
+        rng = random.Random(seed)
+        states = [initial]
+        while len(states) <= 12:
+            # Odd kills: anywhere from its start to its plan (starting, planning, or deleting
+            # when a former kill left little to do); even kills: early in its deleting.
+            after_plan = len(states) % 2 == 0
+            delay = rng.uniform(0, work * 0.15) if after_plan else rng.uniform(0, to_plan)
+            was_killed, _, _ = _run_prune(killed.home, env, kill_after=delay,
+                                          after_plan=after_plan)
+            if not was_killed:
+                break
+            states.append(prune_support.digest(killed.target, killed.home))
+        _run_prune(killed.home, env)  # and once more, to the end
+        final = prune_support.digest(killed.target, killed.home)
+    finally:
+        pg_server.drop_database(whole.database)
+        pg_server.drop_database(killed.database)
+    kills = len(states) - 1
+    changed = sum(1 for a, b in zip(states, states[1:], strict=False) if a != b)
+    print(f"seed {seed}: {kills} kills, {changed} of them after some batches committed; "
+          f"uninterrupted: {to_plan:.1f}s to plan, {work:.1f}s deleting")
+    assert final == expected_state, f"seed {seed}"
+    assert kills >= 10, f"seed {seed}: only {kills} kills landed before the prune finished"
+    assert changed >= 3, f"seed {seed}: the kills hardly ever interrupted real work"
+
+
+def test_bad_input_is_one_line_and_deletes_nothing(history, pg_server):
+    before = prune_support.digest(history.target, history.home)
+    config = history.home.parent / "config" / "config.yml"
+    good = config.read_text()
+
+    def prune(*args):
+        result = CliRunner().invoke(cli, ["prune", "--yes", *args])
+        return result.exit_code, error_line(result)
+
+    config.write_text(good.replace("logs_days: 30", "logs_days: 0"))
+    assert prune() == (2, f"Error: {config}: dagpg.retention.logs_days: input should be greater "
+                          "than 0, got 0 (PROJECT_ENV=dev)")
+    config.write_text(good.replace("keep_last_runs: 1", "keep_last_runs: some"))
+    assert prune()[1].endswith("dagpg.retention.keep_last_runs: input should be a valid "
+                               "integer, got 'some' (PROJECT_ENV=dev)")
+    config.write_text(good)
+    assert prune("--older-than", "last spring") == (
+        2, "Error: --runs-older-than 'last spring': not an age or a date; give days (30), a "
+           "number with a unit (12h, 30d, 8w) or a date (2025-01-31)")
+
+    prune_support.rows(history.target, "DELETE FROM dagpg.backups RETURNING name")
+    code, line = prune()
+    assert code == 1 and line.startswith("Error: there is no verified backup in the catalog")
+    assert line.endswith("run `dagpg backup` first, or pass --force to prune without one")
+
+    yaml = history.home / "dagster.yaml"
+    dead = free_port()
+    yaml.write_text(re.sub(r"port: \d+", f"port: {dead}", yaml.read_text()))
+    assert prune("--force") == (
+        1, f"Error: cannot connect to PostgreSQL at 127.0.0.1:{dead}/{history.database}: "
+           "connection refused; is the server running? (for the local server: `dagpg db status`)")
     assert prune_support.digest(history.target, history.home) == before
