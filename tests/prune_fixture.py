@@ -171,6 +171,11 @@ def age_runs(target: PgTarget) -> dict[str, int]:
                 (days, days, days * 86400.0, days * 86400.0, run_ids))
             cur.execute("UPDATE event_logs SET timestamp = timestamp - make_interval(days => %s)"
                         " WHERE run_id = ANY(%s)", (days, run_ids))
+        # Runless events (freshness changes) get their neighbour's time, so that event ids keep
+        # growing with time, as they do in a history nobody rewrote.
+        cur.execute("UPDATE event_logs e SET timestamp = (SELECT p.timestamp FROM event_logs p "
+                    "WHERE p.id < e.id AND p.run_id <> '' ORDER BY p.id DESC LIMIT 1) "
+                    "WHERE e.run_id = '' AND e.id > (SELECT min(id) FROM event_logs)")
     return moved
 
 

@@ -71,7 +71,8 @@ def clone(pg_server, template: Template, dest: Path, *, batch_rows: int = 7) -> 
     shutil.copytree(template.home / "storage", home / "storage")
     config = dest / "config" / "config.yml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(CONFIG.format(batch_rows=batch_rows, backups=template.backups),
+    # Its own backups folder; the catalog (cloned) names the template's backup, still there.
+    config.write_text(CONFIG.format(batch_rows=batch_rows, backups=dest / "backups"),
                       encoding="utf-8")
     return Clone(home, database, target, template.history)
 

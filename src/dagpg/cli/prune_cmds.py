@@ -16,7 +16,7 @@ from dagpg.cli.options import (
 )
 from dagpg.errors import EXIT_FAILURE
 from dagpg.instance import resolve_instance
-from dagpg.prune import PruneIncompleteError, PruneReport, prune_history
+from dagpg.prune import PruneIncompleteError, PruneReport, history_stats, prune_history
 from dagpg.settings import load_settings
 
 _AGE_HELP = "days (30), a number with a unit (12h, 30d, 8w) or a date (2025-01-31)"
@@ -133,3 +133,62 @@ def _backup_line(backup: dict) -> str:
         text += f" (older than {backup['max_age_h']:g} h" + (", forced)" if backup.get(
             "forced") else ")")
     return text
+
+
+@click.command("stats")
+@dagster_home_option
+@click.option("--exact", is_flag=True,
+              help="Count every table's rows (slower) instead of PostgreSQL's estimates.")
+@json_option
+def stats(dagster_home, exact, as_json) -> None:
+    """Show what the run history holds, how fast it grows and how long the disk lasts.
+
+    Per table: rows and bytes on disk; events by type; events, runs and bytes written on each of
+    the last 30 days; free space where the database (on this machine), the backups and the
+    compute logs live, and the days until full at the current growth (what is written, before
+    pruning frees space again). Reads only.
+
+    \b
+    Example:
+      dagpg stats
+      dagpg stats --json | jq .disk
+    """
+    inst = resolve_instance(dagster_home)
+    report = history_stats(inst, load_settings(dagster_home=inst.home), exact=exact)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    click.echo(f"database: {human_bytes(report.database_bytes)}")
+    mark = "" if exact else "≈"
+    _columns(("TABLE", "ROWS", "SIZE", "INDEXES"),
+             [(f"{t.schema}.{t.name}", f"{mark}{t.rows:,}", human_bytes(t.total_bytes),
+               human_bytes(t.index_bytes)) for t in report.tables if t.total_bytes > 16384])
+    click.echo("")
+    _columns(("EVENT TYPE", "EVENTS"),
+             [(kind, f"{n:,}") for kind, n in report.events_by_type.items()])
+    click.echo("")
+    _columns(("DAY (UTC)", "EVENTS", "RUNS", "SIZE"),
+             [(d.day.isoformat(), f"{d.events:,}", f"{d.runs:,}", human_bytes(d.bytes))
+              for d in report.days if d.events or d.runs])
+    click.echo(f"growth: {human_bytes(int(report.growth_bytes_per_day))} a day "
+               "(last 7 days, before pruning)")
+    click.echo("")
+    rows = []
+    for place in report.locations:
+        if place.total_bytes is None:
+            rows.append((place.role, str(place.path or "?"), "", "", place.note or ""))
+            continue
+        left = f"{place.days_left:,.0f}" if place.days_left is not None else "-"
+        shared = f"same disk as {', '.join(place.shares_with)}" if place.shares_with else ""
+        rows.append((place.role, str(place.path),
+                     f"{human_bytes(place.free_bytes)} ({place.free_pct:.0f}%)", left,
+                     "; ".join(x for x in (shared, place.note or "") if x)))
+    _columns(("DISK", "FOLDER", "FREE", "DAYS LEFT", "NOTE"), rows)
+
+
+def _columns(header, rows) -> None:
+    if not rows:
+        return
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

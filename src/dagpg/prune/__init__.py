@@ -17,9 +17,10 @@ from dagpg.prune.plan import Plan, make_plan
 from dagpg.prune.policy import Policy, make_policy
 from dagpg.prune.report import PruneReport
 from dagpg.prune.run import backup_gate, prune_history
+from dagpg.prune.stats import StatsReport, history_stats
 
 __all__ = [
     "AgeError", "NoRecentBackupError", "Plan", "Policy", "PruneError", "PruneInProgressError",
     "PruneIncompleteError", "PruneReport", "backup_gate", "make_plan", "make_policy",
-    "prune_history",
+    "StatsReport", "history_stats", "prune_history",
 ]
