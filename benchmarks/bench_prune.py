@@ -224,7 +224,7 @@ def run_ours(home: Path, probe: Probe | None) -> dict:
             "total_s": report.duration_s, "events_per_s": report.events_total / deleting,
             "sizes_before": sum(report.sizes_before.values()),
             "sizes_after": sum(report.sizes_after.values()),
-            "event_payload_bytes": report.event_bytes, "event_logs_free_after": free_after,
+            "estimated_bytes": report.estimated_bytes, "event_logs_free_after": free_after,
             "transactions": report.transactions, "nothing_to_do_s": time.monotonic() - again}
 
 
@@ -308,6 +308,7 @@ def main() -> None:
     parser.add_argument("--anchor-seconds", type=float, default=90.0)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dagpg-bench-prune-"))
+    root.chmod(0o755)
     cluster, admin = start_cluster(root / "pg")
     server = pgharness.PgServer(admin=admin, cluster=cluster)
     webserver = None
@@ -361,8 +362,8 @@ def main() -> None:
         print(f"GraphQL runs query during the prune: p99 {p99:.3f}s (target < 1 s), p50 "
               f"{statistics.median(r['during']['p50_s'] for r in latency):.3f}s")
         print(f"tables the prune touches: {human_bytes(last['sizes_before'])} -> "
-              f"{human_bytes(last['sizes_after'])} on disk; event payloads deleted "
-              f"{human_bytes(last['event_payload_bytes'])}; event_logs free space for reuse "
+              f"{human_bytes(last['sizes_after'])} on disk; the deleted rows took "
+              f"{human_bytes(last['estimated_bytes'])} (estimated); event_logs free space for reuse "
               f"after VACUUM {human_bytes(last['event_logs_free_after'])}")
         print(f"a second prune with nothing left to do: "
               f"{statistics.median(r['nothing_to_do_s'] for r in ours):.1f}s")

@@ -103,11 +103,14 @@ def test_stats_text_shows_the_same(history):
 
 
 def test_verify_disk_check_on_the_real_disk(history):
+    """The real free space of this machine's disk, judged against thresholds set around it."""
     config = history.home.parent / "config" / "config.yml"
     base = config.read_text()
 
-    def disk_check(extra: str = "") -> dict:
-        config.write_text(base.replace("  retention:\n", "  retention:\n" + extra))
+    def disk_check(warn_pct: float, fail_pct: float, days: float = 0.001) -> dict:
+        config.write_text(base.replace("  retention:\n", (
+            f"  retention:\n    disk_warn_free_pct: {warn_pct}\n"
+            f"    disk_fail_free_pct: {fail_pct}\n    disk_warn_days_left: {days}\n")))
         result = CliRunner().invoke(cli, ["verify", "--json", "--webserver-url",
                                           "http://127.0.0.1:9"])
         assert result.exit_code == 1  # no webserver, no daemon here
@@ -117,17 +120,18 @@ def test_verify_disk_check_on_the_real_disk(history):
 
     usage = shutil.disk_usage(history.home)
     free = 100 * usage.free / usage.total
-    assert free > 20, "this test needs a disk with more than 20 % free"
-    check = disk_check()
-    assert check["status"] == "ok", check
-    assert check["detail"].startswith(f"database {free:.0f}% free, ")
-    warn = disk_check(f"    disk_warn_free_pct: {min(99, free + 5):.0f}\n")
+    assert 1 < free < 99
+    ok = disk_check(free / 2, free / 4)
+    assert ok["status"] == "ok", ok
+    assert ok["detail"].startswith(f"database {free:.0f}% free, ")
+    database = next(p for p in ok["data"]["locations"] if p["role"] == "database")
+    assert database["free_pct"] == pytest.approx(free, abs=1) and database["days_left"] > 0
+    warn = disk_check(min(99.5, free + 0.5), free / 4)
     assert warn["status"] == "warn" and warn["detail"].endswith(
         "plan for more space, or prune sooner (dagpg.retention in config.yml)")
-    days = disk_check("    disk_warn_days_left: 100000000\n")
+    days = disk_check(free / 2, free / 4, days=database["days_left"] * 10)
     assert days["status"] == "warn" and "days left" in days["detail"]
-    fail = disk_check(f"    disk_fail_free_pct: {min(99, free + 5):.0f}\n    "
-                      f"disk_warn_free_pct: {min(99.5, free + 6):.1f}\n")
+    fail = disk_check(min(99.9, free + 0.9), min(99.5, free + 0.5))
     assert fail["status"] == "fail" and "PostgreSQL stops accepting writes on a full disk" \
         in fail["detail"]
 

@@ -58,7 +58,7 @@ class Step:
             out.update({
                 "runs_deleted": h.runs_deleted, "runs_logs_pruned": h.runs_logs_pruned,
                 "runs_kept_for_catalog": len(h.plan.kept_for_catalog),
-                "events_deleted": h.events_total, "event_payload_bytes": h.event_bytes,
+                "events_deleted": h.events_total, "estimated_bytes": h.estimated_bytes,
                 "bytes_reclaimed": h.bytes_reclaimed,
                 "compute_log_folders_deleted": h.log_files.folders_deleted if h.log_files else 0,
                 "transactions": h.transactions, "duration_s": round(h.duration_s, 3),

@@ -103,8 +103,7 @@ def render_prune(report: PruneReport) -> None:
         ("kept for the catalog", f"{len(plan.kept_for_catalog)} old runs"),
         ("never touched", ", ".join(f"{n} {why}" for why, n in sorted(plan.protected.items()))
          or "none"),
-        (f"events {verb}", f"{report.events_total:,} ({human_bytes(report.event_bytes)} of "
-                           "event data)"),
+        (f"events {verb}", f"{report.events_total:,}"),
     ]
     rows += [(f"  {kind}", f"{n:,}") for kind, n in report.events_deleted.most_common()]
     rows += [(f"{table} rows {verb}", f"{n:,}") for table, n in sorted(report.rows_deleted.items())]
@@ -112,9 +111,8 @@ def render_prune(report: PruneReport) -> None:
     if files is not None:
         rows.append(("compute logs", files.note or f"{files.folders_deleted} folders, "
                                                    f"{human_bytes(files.bytes_deleted)}"))
-    if report.dry_run:
-        rows.append(("estimated size", human_bytes(report.estimated_bytes)))
-    else:
+    rows.append(("rows took (estimated)", human_bytes(report.estimated_bytes)))
+    if not report.dry_run:
         before, after = sum(report.sizes_before.values()), sum(report.sizes_after.values())
         rows.append(("tables on disk", f"{human_bytes(before)} -> {human_bytes(after)} "
                                        "(freed space is reused by new rows)"))

@@ -1,12 +1,18 @@
 """The deleting: bounded transactions, each leaving a state Dagster reads as whole.
 
-Logs tier: a run's bulky events go by primary key, `batch_rows` per transaction; an interrupted
-run is one whose logs are partly gone, which is what the logs tier makes anyway. Runs tier: after
-its logs, a run's remaining rows (status, step and asset events, their tags, check executions,
-tags, concurrency slots, the run) go in one transaction, several runs per transaction up to
-`batch_rows` rows, so a run is there or gone. A run with more rows than that left (thousands of
-asset events) loses its non-status events in batches first. Each transaction sets lock_timeout and
-statement_timeout; one that hits a lock, a deadlock or a timeout is retried, then given up.
+Runs are taken in chunks, oldest first, and each chunk's runs are grouped so that a group's rows
+fit in `batch_rows` (counted per run first, from the run_id index). Logs tier: one transaction per
+group deletes the group's bulky events; a run interrupted there is one whose logs are partly
+gone, which is what the logs tier makes anyway. Runs tier: one transaction per group deletes the
+runs whole (events, their tags, check executions, concurrency slots, tags, the run), so a run is
+there or gone. A run with more rows than a batch alone loses its bulky events, then its other
+non-status events, `batch_rows` at a time, before the transaction that deletes the rest.
+
+Every row is read once. Transactions commit without waiting for the WAL to reach the disk
+(synchronous_commit off: a server crash may undo the last few, which the next prune redoes),
+except the last of each chunk, which waits for all before it; only then are the chunk's compute
+log folders deleted. Each transaction has lock_timeout and statement_timeout; one that hits a
+lock, a deadlock or a timeout is retried, then given up.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from dagpg.prune.report import PruneReport
 
 log = logging.getLogger(__name__)
 
-RUN_CHUNK = 500  # runs looked at together
+RUN_CHUNK = 500  # runs counted together; their compute logs go when the chunk is durable
 RETRIES = 5
 _RETRYABLE = (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected,
               psycopg2.errors.SerializationFailure, psycopg2.errors.QueryCanceled)
 _PARAMS = {"bulky": list(events.BULKY_TYPES), "status": list(events.RUN_STATUS_TYPES),
            "finished": list(events.FINISHED_STATUSES)}
+_BULKY = "run_id = ANY(%(runs)s) AND " + events.BULKY_SQL
+_NOT_STATUS = ("run_id = ANY(%(runs)s) AND (dagster_event_type IS NULL "
+               "OR dagster_event_type <> ALL(%(status)s))")
 
 
 @dataclass
@@ -39,16 +48,18 @@ class _Done:
     """What one transaction deleted, added to the report only once it committed."""
 
     events: Counter = field(default_factory=Counter)
-    event_bytes: int = 0
     rows: Counter = field(default_factory=Counter)
     slots_freed: int = 0
     runs: list[str] = field(default_factory=list)
+    count: int = 0  # events deleted
 
 
 class Deleter:
-    def __init__(self, conn, report: PruneReport, say: Callable[[str], None]):
+    def __init__(self, conn, report: PruneReport, say: Callable[[str], None],
+                 files: logfiles.Remover):
         self.conn = conn
         self.report = report
+        self.files = files
         self.say = say
         self.batch = report.policy.batch_rows
         self.has_slots = _exists(conn, "concurrency_slots")
@@ -56,45 +67,37 @@ class Deleter:
     # -- logs tier -----------------------------------------------------------------------
 
     def logs(self, run_ids: Sequence[str]) -> None:
-        done_runs = 0
         for chunk in _chunks(run_ids, RUN_CHUNK):
-            ids = self._ids("SELECT id FROM event_logs WHERE run_id = ANY(%(runs)s) AND "  # noqa: S608
-                            + events.BULKY_SQL + " ORDER BY id", chunk)  # constants only
-            for part in _chunks(ids, self.batch):
-                self._commit(lambda cur, part=part: self._delete_events(cur, part, tags=False))
-            logfiles.delete_runs(self.report.log_files, chunk)
-            done_runs += len(chunk)
-            self.report.runs_logs_pruned = done_runs
-            self.say(f"logs: {done_runs}/{len(run_ids)} runs, {self.report.events_total:,} "
-                     "events deleted")
+            sizes = self._events_per_run(chunk)
+            for group, alone in _groups(chunk, sizes, self.batch):
+                if alone:
+                    self._in_parts(group, _BULKY, tags=False)
+                else:
+                    self._commit(lambda cur, g=group: self._delete_where(cur, _BULKY, g))
+            self._durable()
+            self.files.submit(chunk)
+            self.report.runs_logs_pruned += len(chunk)
+            self.say(f"logs: {self.report.runs_logs_pruned}/{len(run_ids)} runs, "
+                     f"{self.report.events_total:,} events deleted")
 
     # -- runs tier -----------------------------------------------------------------------
 
     def runs(self, run_ids: Sequence[str]) -> None:
         for chunk in _chunks(run_ids, RUN_CHUNK):
-            rows = self._rows_per_run(chunk)
+            sizes = self._rows_per_run(chunk)
             checks = self._check_ids(chunk)
-            group: list[str] = []
-            size = 0
-            for run_id in chunk:
-                if rows[run_id] > self.batch:  # alone, after its non-status events
-                    if group:
-                        self._delete_runs(group, checks)
-                        group, size = [], 0
-                    self._shrink(run_id)
-                    self._delete_runs([run_id], checks)
-                    continue
-                if group and size + rows[run_id] > self.batch:
-                    self._delete_runs(group, checks)
-                    group, size = [], 0
-                group.append(run_id)
-                size += rows[run_id]
-            if group:
-                self._delete_runs(group, checks)
+            gone: list[str] = []
+            for group, alone in _groups(chunk, sizes, self.batch):
+                if alone:  # its bulky events, then its other non-status events, in parts
+                    self._in_parts(group, _BULKY, tags=False)
+                    self._in_parts(group, _NOT_STATUS, tags=True)
+                gone += self._delete_runs(group, checks)
+            self._durable()
+            self.files.submit(gone)
             self.say(f"runs: {self.report.runs_deleted}/{len(run_ids)} deleted, "
                      f"{self.report.events_total:,} events deleted")
 
-    def _delete_runs(self, group: list[str], checks: dict[str, list[int]]) -> None:
+    def _delete_runs(self, group: list[str], checks: dict[str, list[int]]) -> list[str]:
         def work(cur) -> _Done:
             cur.execute("SELECT run_id FROM runs WHERE run_id = ANY(%(runs)s) "
                         "AND status = ANY(%(finished)s) FOR UPDATE", {**_PARAMS, "runs": group})
@@ -129,48 +132,50 @@ class Deleter:
 
         done = self._commit(work)
         self.report.runs_deleted += len(done.runs)
-        logfiles.delete_runs(self.report.log_files, done.runs)
-
-    def _shrink(self, run_id: str) -> None:
-        """A run with more rows than a batch: its non-status events (and their tags) first."""
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT e.id, (SELECT count(*) FROM asset_event_tags t "
-                        "WHERE t.event_id = e.id) FROM event_logs e WHERE e.run_id = %(run)s "
-                        "AND (e.dagster_event_type IS NULL "
-                        "OR e.dagster_event_type <> ALL(%(status)s)) ORDER BY e.id",
-                        {**_PARAMS, "run": run_id})
-            rows = cur.fetchall()
-        self.conn.commit()
-        part: list[int] = []
-        size = 0
-        for event_id, tags in rows:
-            if part and size + 1 + tags > self.batch:
-                self._commit(lambda cur, part=part: self._delete_events(cur, part, tags=True))
-                part, size = [], 0
-            part.append(event_id)
-            size += 1 + tags
-        if part:
-            self._commit(lambda cur: self._delete_events(cur, part, tags=True))
+        return done.runs
 
     # -- shared --------------------------------------------------------------------------
 
-    def _delete_events(self, cur, ids: list[int], *, tags: bool) -> _Done:
+    def _in_parts(self, runs: list[str], where: str, *, tags: bool) -> None:
+        """Delete the events `where` selects, `batch_rows` (with their tags) per transaction."""
+        limit = max(1, self.batch // 2) if tags else self.batch  # an asset event has tags
+        while True:
+            done = self._commit(lambda cur: self._delete_where(cur, where, runs, limit=limit,
+                                                               tags=tags))
+            if done.count < limit:
+                return
+
+    def _delete_where(self, cur, where: str, runs: list[str], *, limit: int | None = None,
+                      tags: bool = False) -> _Done:
         done = _Done()
-        if tags:
-            cur.execute("DELETE FROM asset_event_tags WHERE event_id = ANY(%s)", (ids,))
-            done.rows["asset_event_tags"] += cur.rowcount
-        self._count_deleted(cur, "DELETE FROM event_logs WHERE id = ANY(%(ids)s)",
-                            {"ids": ids}, done)
+        params = {**_PARAMS, "runs": runs}
+        if limit is None:
+            delete = f"DELETE FROM event_logs WHERE {where}"  # noqa: S608  (constants)
+        else:
+            cur.execute(f"SELECT id FROM event_logs WHERE {where} LIMIT %(limit)s",  # noqa: S608
+                        {**params, "limit": limit})
+            params["ids"] = [i for (i,) in cur.fetchall()]
+            delete = "DELETE FROM event_logs WHERE id = ANY(%(ids)s)"
+            if tags:
+                cur.execute("DELETE FROM asset_event_tags WHERE event_id = ANY(%(ids)s)", params)
+                done.rows["asset_event_tags"] += cur.rowcount
+        self._count_deleted(cur, delete, params, done)
         return done
 
     @staticmethod
     def _count_deleted(cur, delete: str, params: dict, done: _Done) -> None:
-        cur.execute(f"WITH gone AS ({delete} RETURNING dagster_event_type, "  # noqa: S608
-                    "pg_column_size(event) AS size) SELECT dagster_event_type, count(*), "
-                    "coalesce(sum(size), 0) FROM gone GROUP BY 1", params)
-        for kind, count, size in cur.fetchall():
+        cur.execute(f"WITH gone AS ({delete} RETURNING dagster_event_type) "  # noqa: S608
+                    "SELECT dagster_event_type, count(*) FROM gone GROUP BY 1", params)
+        for kind, count in cur.fetchall():
             done.events[events.type_name(kind)] += count
-            done.event_bytes += int(size)
+            done.count += count
+
+    def _durable(self) -> None:
+        """Wait until every commit so far is on disk (compute logs are deleted only then)."""
+        with self.conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit = on")
+            cur.execute("SELECT txid_current()")  # a transaction id: its commit is flushed
+        self.conn.commit()
 
     def _commit(self, work: Callable) -> _Done:
         """Run `work(cursor)` in one transaction, retrying what a busy instance may cause."""
@@ -193,24 +198,24 @@ class Deleter:
         report = self.report
         report.transactions += 1
         report.events_deleted.update(done.events)
-        report.event_bytes += done.event_bytes
         report.rows_deleted.update(done.rows)
         report.slots_freed += done.slots_freed
         return done
 
-    def _ids(self, query: str, runs: list[str]) -> list[int]:
+    def _events_per_run(self, runs: list[str]) -> Counter:
         with self.conn.cursor() as cur:
-            cur.execute(query, {**_PARAMS, "runs": runs})
-            ids = [i for (i,) in cur.fetchall()]
+            cur.execute("SELECT run_id, count(*) FROM event_logs WHERE run_id = ANY(%s) "
+                        "GROUP BY 1", (runs,))
+            found = Counter(dict(cur.fetchall()))
         self.conn.commit()
-        return ids
+        return found
 
     def _rows_per_run(self, runs: list[str]) -> Counter:
-        """Rows each run still holds: events, their tags, run tags, check executions, itself."""
+        """Rows each run holds: events, their tags, run tags, check executions, itself."""
         rows: Counter = Counter({r: 1 for r in runs})
+        rows.update(self._events_per_run(runs))
         with self.conn.cursor() as cur:
             for query in (
-                "SELECT run_id, count(*) FROM event_logs WHERE run_id = ANY(%(runs)s) GROUP BY 1",
                 "SELECT e.run_id, count(*) FROM asset_event_tags t JOIN event_logs e "
                 "ON e.id = t.event_id WHERE e.run_id = ANY(%(runs)s) GROUP BY 1",
                 "SELECT run_id, count(*) FROM run_tags WHERE run_id = ANY(%(runs)s) GROUP BY 1",
@@ -231,6 +236,28 @@ class Deleter:
                 found.setdefault(run_id, []).append(check_id)
         self.conn.commit()
         return found
+
+
+def _groups(runs: list[str], sizes: Counter, batch: int) -> Iterator[tuple[list[str], bool]]:
+    """Consecutive runs whose rows fit in a batch; (group, False). A run bigger than a batch on
+    its own: ([run], True)."""
+    group: list[str] = []
+    size = 0
+    for run_id in runs:
+        rows = sizes[run_id]
+        if rows > batch:
+            if group:
+                yield group, False
+                group, size = [], 0
+            yield [run_id], True
+            continue
+        if group and size + rows > batch:
+            yield group, False
+            group, size = [], 0
+        group.append(run_id)
+        size += rows
+    if group:
+        yield group, False
 
 
 def _exists(conn, table: str) -> bool:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import shutil
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,32 @@ def delete_runs(files: LogFiles, run_ids: Iterable[str], *, dry_run: bool = Fals
         return
     for run_id in run_ids:
         _remove(files, run_id, dry_run=dry_run)
+
+
+class Remover:
+    """Deletes folders in a thread of its own while the next batches run (each submitted only
+    after its transaction committed). Leaving the `with` block waits for every folder."""
+
+    def __init__(self, files: LogFiles):
+        self.files = files
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="dagpg-prune-files", daemon=True)
+
+    def __enter__(self) -> Remover:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def submit(self, run_ids: Iterable[str]) -> None:
+        if self.files.base_dir is not None:
+            self._queue.put(list(run_ids))
+
+    def _work(self) -> None:
+        while (run_ids := self._queue.get()) is not None:
+            delete_runs(self.files, run_ids)
 
 
 def sweep_orphans(files: LogFiles, conn, *, dry_run: bool = False) -> None:

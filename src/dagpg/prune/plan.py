@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Plan:
     logs_runs: list[str] = field(default_factory=list)  # their bulky events go (oldest first)
+    # (runs deleted whole are not in logs_runs)
     delete_runs: list[str] = field(default_factory=list)  # deleted whole (oldest first)
     kept_for_catalog: dict[str, str] = field(default_factory=dict)  # run id -> why
     protected: Counter = field(default_factory=Counter)  # why -> old runs left alone
@@ -75,8 +76,8 @@ def make_plan(conn, policy: Policy) -> Plan:
             plan.kept_for_catalog = {r: needed[r] for r in deletable if r in needed}
         plan.delete_runs = [r for r in deletable if r not in plan.kept_for_catalog]
         # A run kept for the catalog is still past the runs cutoff: it keeps only what the logs
-        # tier keeps. A run about to be deleted loses its logs first, in the same batches.
-        keep_logs = set(plan.kept_for_catalog) | set(logs) | set(plan.delete_runs)
+        # tier keeps.
+        keep_logs = set(plan.kept_for_catalog) | set(logs)
         plan.logs_runs = [r for r, *_ in rows if r in keep_logs]
     return plan
 

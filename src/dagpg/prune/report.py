@@ -18,7 +18,7 @@ class PruneReport:
     plan: Plan = field(default_factory=Plan)
     backup: dict[str, Any] | None = None  # the backup that is the undo, or {"forced": True}
     events_deleted: Counter = field(default_factory=Counter)  # type -> rows (would be, dry run)
-    event_bytes: int = 0  # stored size of those events' payloads (pg_column_size)
+    event_bytes: int = 0  # dry run: stored size of those events' payloads (pg_column_size)
     rows_deleted: Counter = field(default_factory=Counter)  # other tables -> rows
     slots_freed: int = 0
     transactions: int = 0
@@ -27,7 +27,7 @@ class PruneReport:
     log_files: LogFiles | None = None
     sizes_before: dict[str, int] = field(default_factory=dict)  # table -> bytes on disk
     sizes_after: dict[str, int] = field(default_factory=dict)
-    estimated_bytes: int = 0  # dry run: table bytes the deleted rows take
+    estimated_bytes: int = 0  # table bytes the deleted rows took (average row size x rows)
     vacuumed: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     complete: bool = False
@@ -55,7 +55,6 @@ class PruneReport:
             "runs_deleted": self.runs_deleted,
             "events_deleted": dict(sorted(self.events_deleted.items())),
             "events_deleted_total": self.events_total,
-            "event_payload_bytes": self.event_bytes,
             "rows_deleted": dict(sorted(self.rows_deleted.items())),
             "concurrency_slots_freed": self.slots_freed,
             "transactions": self.transactions,
@@ -68,6 +67,7 @@ class PruneReport:
             "duration_s": round(self.duration_s, 3),
             "notes": self.notes,
         }
+        out["estimated_bytes"] = self.estimated_bytes
         if self.dry_run:
-            out["estimated_bytes"] = self.estimated_bytes
+            out["event_payload_bytes"] = self.event_bytes
         return out

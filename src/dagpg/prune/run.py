@@ -61,6 +61,7 @@ def prune_history(
         _lock(conn, instance)
         _session(conn, policy)
         report.sizes_before = tables.sizes(conn)
+        per_row = tables.row_bytes(conn)
         say("planning: which runs are old, which the asset catalog still needs")
         report.plan = make_plan(conn, policy)
         conn.commit()
@@ -68,20 +69,23 @@ def prune_history(
         say(f"plan: logs of {len(plan.logs_runs)} runs, {len(plan.delete_runs)} runs whole, "
             f"{len(plan.kept_for_catalog)} old runs kept for the asset catalog")
         if dry_run:
-            _estimate(conn, report)
-            logfiles.delete_runs(report.log_files, plan.logs_runs, dry_run=True)
+            _estimate(conn, report, per_row)
+            logfiles.delete_runs(report.log_files, [*plan.logs_runs, *plan.delete_runs],
+                                 dry_run=True)
             logfiles.sweep_orphans(report.log_files, conn, dry_run=True)
             report.complete = True
             return report
-        deleter = Deleter(conn, report, say)
-        deleter.logs(plan.logs_runs)
-        deleter.runs(plan.delete_runs)
+        with logfiles.Remover(report.log_files) as files:
+            deleter = Deleter(conn, report, say, files)
+            deleter.logs(plan.logs_runs)
+            deleter.runs(plan.delete_runs)
         logfiles.sweep_orphans(report.log_files, conn)
         if report.transactions:
             say("VACUUM (ANALYZE) of the pruned tables")
             touched = [t for t in tables.TOUCHED if t in report.sizes_before]
             report.vacuumed = tables.vacuum(conn, touched)
         report.sizes_after = tables.sizes(conn)
+        report.estimated_bytes = _freed(report, per_row)
         report.complete = not report.log_files.errors
         if report.log_files.errors:
             report.notes.append(f"{len(report.log_files.errors)} compute log folders could not "
@@ -142,22 +146,27 @@ def _lock(conn, instance: Instance) -> None:
 def _session(conn, policy) -> None:
     with conn.cursor() as cur:
         cur.execute("SET application_name = 'dagpg prune'")
+        cur.execute("SET synchronous_commit = off")  # see batches.py: made durable per chunk
         cur.execute("SELECT set_config('lock_timeout', %s, false), "
                     "set_config('statement_timeout', %s, false)",
                     (f"{policy.lock_timeout_ms}ms", f"{int(policy.statement_timeout_s * 1000)}ms"))
     conn.commit()
 
 
-def _estimate(conn, report: PruneReport) -> None:
+def _freed(report: PruneReport, per_row: dict[str, float]) -> int:
+    """Table bytes the deleted rows took, from each table's average row size before."""
+    return int(report.events_total * per_row.get("event_logs", 0) + sum(
+        n * per_row.get(t, 0) for t, n in report.rows_deleted.items()))
+
+
+def _estimate(conn, report: PruneReport, per_row: dict[str, float]) -> None:
     """A dry run: the events each tier would delete, by type, and the bytes they take."""
     plan = report.plan
     going = set(plan.delete_runs)
-    per_row = tables.row_bytes(conn)
-    rows = 0
     with conn.cursor() as cur:
         for query, runs in (
             (f"run_id = ANY(%(runs)s) AND {events.BULKY_SQL}", plan.logs_runs),
-            (f"run_id = ANY(%(runs)s) AND NOT ({events.BULKY_SQL})", plan.delete_runs),
+            ("run_id = ANY(%(runs)s)", plan.delete_runs),
         ):
             for chunk in _chunks(runs, RUN_CHUNK):
                 cur.execute("SELECT dagster_event_type, count(*), "  # noqa: S608 (constants)
@@ -167,7 +176,6 @@ def _estimate(conn, report: PruneReport) -> None:
                 for kind, count, size in cur.fetchall():
                     report.events_deleted[events.type_name(kind)] += count
                     report.event_bytes += int(size)
-                    rows += count
         for table, query in (
             ("run_tags", "SELECT count(*) FROM run_tags WHERE run_id = ANY(%s)"),
             ("asset_check_executions",
@@ -182,8 +190,7 @@ def _estimate(conn, report: PruneReport) -> None:
     report.rows_deleted["runs"] = len(going)
     report.runs_logs_pruned = len(plan.logs_runs)
     report.runs_deleted = len(plan.delete_runs)
-    report.estimated_bytes = int(rows * per_row.get("event_logs", 0) + sum(
-        n * per_row.get(t, 0) for t, n in report.rows_deleted.items()))
+    report.estimated_bytes = _freed(report, per_row)
 
 
 def _first(exc: BaseException) -> str:
