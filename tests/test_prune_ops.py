@@ -179,3 +179,31 @@ def test_nightly_prune_can_be_switched_off(history):
     assert report["steps"][1]["skipped"] == "dagpg.retention.nightly is false"
     after = prune_support.digest(history.target, history.home)
     assert after["event_logs"] == before["event_logs"] and after["runs"] == before["runs"]
+
+
+def test_a_second_prune_waits_then_refuses_and_the_nightly_skips_it(history, monkeypatch):
+    """One prune per instance at a time: the other is refused with who holds the lock; the
+    nightly step, finding the prune busy (Dagster's and the OS task's at once), skips it."""
+    from dagpg import pg
+    from dagpg.nightly import run_nightly
+    from dagpg.prune import run as prune_run
+    from dagpg.settings import load_settings
+
+    monkeypatch.setattr(prune_run, "LOCK_WAIT_S", 0.5)
+    before = prune_support.digest(history.target, history.home)
+    with pg.connection(history.target, autocommit=True) as holder, holder.cursor() as cur:
+        cur.execute("SET application_name = 'another dagpg prune'")
+        cur.execute("SELECT pg_advisory_lock(%s)", (prune_run.LOCK_KEY,))
+        result = CliRunner().invoke(cli, ["prune", "--yes"])
+        assert result.exit_code == 1
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"Error: another dagpg prune of {history.target.where} is "
+                               "running (session ")
+        assert "(another dagpg prune) since" in line and line.endswith(
+            "wait for it to finish and run the command again")
+        report = run_nightly(history.instance(), load_settings(dagster_home=history.home),
+                             backup_if_older_than_h=12)
+    backup, prune = report.steps
+    assert backup.skipped and prune.history is None and report.complete
+    assert prune.skipped.startswith("another dagpg prune of")
+    assert prune_support.digest(history.target, history.home) == before

@@ -33,7 +33,8 @@ def render(what, out_dir, config_path, listen, server_name, dagster_home, as_jso
 
     servy: one Servy service file per service (import with `servy-cli import`); iis: web.config
     with the reverse-proxy rule and iis_setup.ps1 (appcmd); nginx: the same proxy for Linux;
-    task: the nightly `dagpg backup` as a Task Scheduler task. No file ever holds a password.
+    task: the nightly step (`dagpg nightly`) as a Task Scheduler task. No file ever holds a
+    password.
 
     \b
     Example:

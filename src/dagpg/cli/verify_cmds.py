@@ -36,7 +36,7 @@ def verify(webserver_url, public_url, servy_configs, heartbeat_max_age_s, backup
     Checks: both services resolve to the same PostgreSQL database; it answers and both schemas
     are at head; every daemon Dagster requires has a fresh heartbeat; the webserver (and the
     public URL, WebSocket included) serves the database's instance id and its heartbeat times;
-    the definitions load; the schedules run; the newest backup is recent.
+    the definitions load; the schedules run; the newest backup is recent; the disks have room.
 
     Exit code 0 when no check failed (warnings and skipped checks pass), 1 when one failed,
     2 for a usage or configuration error.
