@@ -3,7 +3,9 @@
 `build_history(home, log_dir)` writes, era by era (every run tagged `fixture/age`):
 
 - ancient: the only materialization ever of `legacy_report`, and of daily partition 2024-01-01;
-- old: `city_job` twice (multi_asset + checks, one check failing), regions east and west
+- old: `city_job` twice (multi_asset + checks, one check failing), `check_job` (the parcels
+  check alone, tagged aged: its execution points at the second city run's materialization),
+  regions east and west
   failing, daily partitions 02 and 03, an observation of `rainfall`, `failing_job` three
   times, `note_job` twice (one still holding a concurrency slot, as a crashed run would), then
   `dagster-daemon`: a schedule tick and an asset-sensor tick each launch a run, two backfills
@@ -99,6 +101,9 @@ def build_history(home: Path, log_dir: Path) -> History:
 
         job("city_job", "old")
         job("city_job", "old", **{"fixture/check": "fail"})
+        # Aged, so it stays: its check execution points at the old run's materialization, which
+        # must stay too.
+        job("check_job", "aged")
         for region in ("east", "west"):
             mat([d.regions], "old", region, **{"fixture/fail": region})
         mat([d.daily_counts], "old", "2024-01-02")

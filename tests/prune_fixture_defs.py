@@ -85,6 +85,8 @@ def failing_job() -> None:
 
 
 city_job = dg.define_asset_job("city_job", selection=["parcels", "roads"])
+# The check alone, in a run of its own: its execution points at a materialization of another run.
+check_job = dg.define_asset_job("check_job", selection=dg.AssetSelection.checks(parcels_positive))
 
 tick_schedule = dg.ScheduleDefinition(
     name="tick_schedule", job=note_job, cron_schedule="* * * * *", tags={AGE_TAG: "old"})
@@ -102,7 +104,7 @@ CHECKS = [parcels_positive, roads_named]
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[note_job, failing_job, city_job],
+    jobs=[note_job, failing_job, city_job, check_job],
     schedules=[tick_schedule],
     sensors=[parcels_sensor],
     executor=dg.in_process_executor,  # a run is one process: the daemon's runs start faster

@@ -60,7 +60,7 @@ def expected(clone, runs: dict[str, tuple]) -> dict[str, set[str]]:
     legacy, daily_01 = h.runs["ancient"]
     (city_1, city_2, east_failed, west_failed, daily_02, daily_03, rainfall, failing_1,
      failing_2, failing_3, note, slot_note) = h.runs["old"]
-    aged_city, aged_east, aged_daily_02, aged_rainfall, aged_note = h.runs["aged"]
+    check_only, aged_city, aged_east, aged_daily_02, aged_rainfall, aged_note = h.runs["aged"]
     backfill = {r: tag for r, tag in prune_support.rows(
         clone.target, "SELECT run_id, value FROM run_tags WHERE key = 'dagster/backfill'")}
     done_backfill = {r for r, b in backfill.items() if b == h.backfill_done}
@@ -70,12 +70,12 @@ def expected(clone, runs: dict[str, tuple]) -> dict[str, set[str]]:
                  and r not in (h.started_run, h.canceling_run)}
     assert len(by_daemon) >= 2 and len(done_backfill) == 1 and len(open_backfill) == 1
     return {
-        "deleted": {city_1, city_2, east_failed, daily_02, rainfall, failing_1, failing_2, note,
+        "deleted": {city_1, east_failed, daily_02, rainfall, failing_1, failing_2, note,
                     slot_note, *by_daemon},
-        "kept_for_catalog": {legacy, daily_01, west_failed, daily_03, *done_backfill},
+        "kept_for_catalog": {legacy, daily_01, west_failed, daily_03, city_2, *done_backfill},
         "logs_pruned": {aged_city, aged_east, aged_note},
         "untouched": {failing_3, h.started_run, h.canceling_run, *open_backfill, aged_daily_02,
-                      aged_rainfall, *h.runs["recent"]},
+                      aged_rainfall, check_only, *h.runs["recent"]},
     }
 
 
@@ -102,6 +102,11 @@ def test_prune_keeps_what_the_catalog_shows_and_deletes_the_rest(history):
     runs_after = all_runs(history)
     assert set(runs_before) - set(runs_after) == want["deleted"]
     assert set(report.plan.kept_for_catalog) == want["kept_for_catalog"]
+    reasons = report.plan.kept_for_catalog
+    assert reasons[history.history.runs["ancient"][0]] == (
+        "newest ASSET_MATERIALIZATION of legacy_report")
+    assert reasons[history.history.runs["old"][1]] == (
+        "an event of it is referenced by a check execution that stays")
     assert report.runs_deleted == len(want["deleted"])
     assert dry.events_deleted == report.events_deleted and dry.runs_deleted == report.runs_deleted
     assert report.transactions > 20  # batch_rows is 7 in the clone's config.yml

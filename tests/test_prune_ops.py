@@ -73,10 +73,8 @@ def test_stats_counts_tables_events_growth_and_disk(history):
     assert days[-1]["events"] > 0 and days[-1]["bytes"] > 0  # the recent era is today
 
     (per_event, per_run, recent, recent_runs), = prune_support.rows(target, """
-        SELECT pg_total_relation_size('event_logs')::float8 / greatest(
-                 (SELECT reltuples FROM pg_class WHERE oid = 'event_logs'::regclass), 1),
-               pg_total_relation_size('runs')::float8 / greatest(
-                 (SELECT reltuples FROM pg_class WHERE oid = 'runs'::regclass), 1),
+        SELECT pg_total_relation_size('event_logs')::float8 / (SELECT count(*) FROM event_logs),
+               pg_total_relation_size('runs')::float8 / (SELECT count(*) FROM runs),
                (SELECT max(id) - min(id) + 1 FROM event_logs
                  WHERE timestamp >= now() at time zone 'utc' - interval '7 days'),
                (SELECT count(*) FROM runs

@@ -157,9 +157,8 @@ def stats(dagster_home, exact, as_json) -> None:
         emit_json(report.as_dict())
         return
     click.echo(f"database: {human_bytes(report.database_bytes)}")
-    mark = "" if exact else "≈"
     _columns(("TABLE", "ROWS", "SIZE", "INDEXES"),
-             [(f"{t.schema}.{t.name}", f"{mark}{t.rows:,}", human_bytes(t.total_bytes),
+             [(f"{t.schema}.{t.name}", f"{'' if t.exact else '≈'}{t.rows:,}", human_bytes(t.total_bytes),
                human_bytes(t.index_bytes)) for t in report.tables if t.total_bytes > 16384])
     click.echo("")
     _columns(("EVENT TYPE", "EVENTS"),

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg2
 
 from dagpg.instance import Instance
+from dagpg.prune import tables
 from dagpg.settings import KitSettings
 
 log = logging.getLogger(__name__)
@@ -101,15 +102,11 @@ def growth_per_day(conn, *, days: int = GROWTH_DAYS, now: datetime | None = None
         newest = cur.fetchone()[0]
         first = first_event_id_since(cur, since) if newest is not None else None
         events = (newest - first + 1) if first is not None else 0
-        cur.execute(
-            "SELECT pg_total_relation_size('event_logs')::float8 / greatest(reltuples, 1), "
-            "pg_total_relation_size('runs')::float8 / greatest((SELECT reltuples FROM pg_class "
-            "WHERE oid = 'runs'::regclass), 1), "
-            "(SELECT count(*) FROM runs WHERE create_timestamp >= %s) "
-            "FROM pg_class WHERE oid = 'event_logs'::regclass", (since,))
-        per_event, per_run, runs = cur.fetchone()
+        cur.execute("SELECT count(*) FROM runs WHERE create_timestamp >= %s", (since,))
+        runs = cur.fetchone()[0]
     conn.commit()
-    return (events * per_event + runs * per_run) / days
+    per_row = tables.row_bytes(conn, ("event_logs", "runs"))
+    return (events * per_row.get("event_logs", 0) + runs * per_row.get("runs", 0)) / days
 
 
 def first_event_id_since(cur, since: datetime) -> int | None:

@@ -117,7 +117,8 @@ def needed_runs(cur, deletable: set[str]) -> dict[str, str]:
     cur.execute(
         "SELECT e.run_id, e.dagster_event_type, e.asset_key, e.partition FROM event_logs e "
         "JOIN (SELECT max(id) AS id FROM event_logs WHERE asset_key IS NOT NULL "
-        "GROUP BY asset_key, dagster_event_type, partition) m ON m.id = e.id")
+        "GROUP BY asset_key, dagster_event_type, partition) m ON m.id = e.id "
+        "ORDER BY e.id DESC")  # a run's reason: its newest such event
     for run_id, kind, asset_key, partition in cur.fetchall():
         where = f" partition {partition}" if partition is not None else ""
         need(run_id, f"newest {kind} of {_key(asset_key)}{where}")
@@ -142,20 +143,21 @@ def needed_runs(cur, deletable: set[str]) -> dict[str, str]:
         need(run_id, f"newest execution of check {_key(asset_key)}:{check_name}")
 
     # Check executions that stay must not point at events that go: keep those events' runs,
-    # whose own check executions then stay too, until nothing changes.
+    # whose own check executions then stay too, until nothing changes. One query finds every
+    # reference into a deletable run from a check execution of another run.
+    cur.execute(
+        "SELECT DISTINCT coalesce(c.run_id, ''), e.run_id FROM asset_check_executions c "
+        "JOIN event_logs e "
+        "ON e.id IN (c.evaluation_event_storage_id, c.materialization_event_storage_id) "
+        "JOIN unnest(%s::text[]) AS g(run_id) ON g.run_id = e.run_id "
+        "WHERE coalesce(c.run_id, '') <> e.run_id", (sorted(deletable),))
+    references = cur.fetchall()
     while True:
-        going = sorted(deletable - needed.keys())
-        if not going:
-            break
-        cur.execute(
-            "SELECT DISTINCT e.run_id FROM asset_check_executions c JOIN event_logs e "
-            "ON e.id IN (c.evaluation_event_storage_id, c.materialization_event_storage_id) "
-            "WHERE coalesce(c.run_id, '') <> ALL(%(going)s) AND e.run_id = ANY(%(going)s)",
-            {"going": going})
-        found = [r for (r,) in cur.fetchall()]
+        found = {target for source, target in references
+                 if target not in needed and (source in needed or source not in deletable)}
         if not found:
             break
-        for run_id in found:
+        for run_id in sorted(found):
             need(run_id, "an event of it is referenced by a check execution that stays")
     return needed
 

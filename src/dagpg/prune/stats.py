@@ -101,10 +101,11 @@ def _tables(cur, exact: bool) -> list[TableStat]:
         "ORDER BY pg_total_relation_size(c.oid) DESC, n.nspname, c.relname")
     found = []
     for schema, name, rows, total, indexes in cur.fetchall():
-        if exact:
+        counted = exact or rows <= 0  # no statistics yet (never analyzed): count
+        if counted:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))
             rows = cur.fetchone()[0]
-        found.append(TableStat(schema, name, int(rows), exact, int(total), int(indexes)))
+        found.append(TableStat(schema, name, int(rows), counted, int(total), int(indexes)))
     return found
 
 

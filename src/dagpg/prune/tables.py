@@ -24,14 +24,20 @@ def sizes(conn, tables=TOUCHED) -> dict[str, int]:
 
 
 def row_bytes(conn, tables=TOUCHED) -> dict[str, float]:
-    """Average bytes on disk per live row of each table (for estimates)."""
+    """Average bytes on disk per row of each table (for estimates). Rows come from the planner's
+    statistics; a table without them (never analyzed, e.g. a fresh copy) is counted."""
+    found = {}
     with conn.cursor() as cur:
-        cur.execute("SELECT c.relname, pg_total_relation_size(c.oid)::float8 "
-                    "/ greatest(coalesce(s.n_live_tup, 0), c.reltuples, 1) "
-                    "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+        cur.execute("SELECT c.relname, pg_total_relation_size(c.oid)::float8, "
+                    "greatest(c.reltuples, coalesce(s.n_live_tup, 0)) FROM pg_class c "
+                    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
                     "WHERE c.oid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))",
                     (list(tables),))
-        found = {t: float(b) for t, b in cur.fetchall()}
+        for table, size, rows in cur.fetchall():
+            if rows <= 0:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+                rows = cur.fetchone()[0]
+            found[table] = size / rows if rows > 0 else 0.0
     conn.commit()
     return found
 
