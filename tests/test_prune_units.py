@@ -115,3 +115,17 @@ def test_the_project_config_holds_the_defaults():
 
     retention = load_settings(PROJECT_DIR / "config" / "config.yml", env="dev").retention
     assert retention == KitSettings().retention
+
+
+def test_a_database_without_dagsters_schema_is_one_line(empty_dagster_home):
+    from click.testing import CliRunner
+
+    from dagpg.cli import cli
+    from tests.backup_support import error_line
+
+    result = CliRunner().invoke(cli, ["prune", "--yes", "--force"])
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert line.startswith("Error: prune stopped before it was done: PostgreSQL refused a "
+                           'statement (relation "runs" does not exist')
+    assert "if `dagpg db upgrade` has not run on this instance, run it first" in line

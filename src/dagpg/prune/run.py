@@ -94,6 +94,10 @@ def prune_history(
     except psycopg2.OperationalError as exc:
         raise PruneIncompleteError(f"lost the connection to PostgreSQL ({_first(exc)})",
                                    report) from None
+    except psycopg2.Error as exc:  # e.g. a table missing: not a Dagster schema at head
+        raise PruneIncompleteError(
+            f"PostgreSQL refused a statement ({_first(exc)}); if `dagpg db upgrade` has not "
+            "run on this instance, run it first", report) from None
     finally:
         report.duration_s = time.monotonic() - started
         conn.close()
