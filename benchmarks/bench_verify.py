@@ -51,7 +51,8 @@ def main() -> None:
         port, public_port = free_port(), free_port()
         (work / "config").mkdir()
         (work / "config" / "config.yml").write_text(
-            f"dagpg:\n  webserver:\n    port: {port}\n", encoding="utf-8")
+            f"dagpg:\n  access:\n    enabled: false\n  webserver:\n    port: {port}\n"
+            "    path_prefix: \"\"\n", encoding="utf-8")
         env = {**os.environ, "DAGSTER_HOME": str(home),
                "DAGSTER_PG_PASSWORD": server.admin.password or ""}
         env.pop("DAGPG_CONFIG", None)

@@ -75,7 +75,8 @@ def main() -> None:
         config = work / "config" / "config.yml"
         config.parent.mkdir()
         config.write_text(f"""dagpg:
-  webserver: {{port: {port}}}
+  access: {{enabled: false}}
+  webserver: {{port: {port}, path_prefix: ""}}
   watch:
     service_manager: supervisord
     supervisorctl: {BIN / 'supervisorctl'}

@@ -6,8 +6,9 @@ daily by `park_access_daily`. The work is done by `arcpy_orchestration.park_acce
 loggers log each step's milestones into the run (python_logs in dagster.yaml); the assets pass
 dataset paths (strings) along through `PathIOManager` and attach metadata.
 
-The instance's own nightly backup (`instance_backup`, group `instance_ops`) calls dagpg's library,
-the same code as `dagpg backup` and `dagpg backups prune`, so backups show in the UI.
+The instance's own nightly step (group `instance_ops`: `instance_backup`, then
+`instance_history`) calls dagpg's library, the same code as `dagpg nightly`, so backups and
+history prunes show in the UI.
 """
 
 import importlib.util
@@ -28,8 +29,8 @@ if importlib.util.find_spec("arcpy_orchestration") is None:
 import arcpy_orchestration  # noqa: E402,F401  (initialises the package's loggers)
 from arcpy_orchestration import gis, park_access  # noqa: E402
 from arcpy_orchestration.config import get_config  # noqa: E402
-from dagpg.backup import create_backup, prune_backups  # noqa: E402
 from dagpg.instance import resolve_instance  # noqa: E402
+from dagpg.nightly import BACKUP_STEP, nightly_steps  # noqa: E402
 from dagpg.settings import load_settings  # noqa: E402
 
 # Read once, at load time: a broken config/config.yml (or a backend that cannot import) stops the
@@ -151,33 +152,45 @@ park_access_daily = dg.ScheduleDefinition(
 
 
 
-# -- The instance's nightly backup: the library call behind `dagpg backup`, then the retention
-# of `dagpg backups prune`. Cron and timezone: dagpg.backup.schedule in config.yml.
+# -- The instance's nightly step (dagpg.nightly, the same as `dagpg nightly`): the backup and the
+# backups' retention, then the history prune (dagpg.retention). Cron and timezone:
+# dagpg.backup.schedule in config.yml.
+
+INSTANCE_BACKUP = dg.AssetKey("instance_backup")
+INSTANCE_HISTORY = dg.AssetKey("instance_history")
 
 
-@dg.asset(group_name=INSTANCE_OPS_GROUP)
-def instance_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """A backup of this Dagster instance (database, compute logs, dagster.yaml), then retention."""
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(INSTANCE_BACKUP, group_name=INSTANCE_OPS_GROUP,
+                     description="A backup of this Dagster instance (database, compute logs, "
+                                 "dagster.yaml), then the backups' retention."),
+        dg.AssetSpec(INSTANCE_HISTORY, group_name=INSTANCE_OPS_GROUP, deps=[INSTANCE_BACKUP],
+                     description="The run history pruned to dagpg.retention (logs of old runs, "
+                                 "then old runs), keeping what the asset catalog shows."),
+    ],
+)
+def instance_nightly(context: dg.AssetExecutionContext):
+    """Each step materializes as soon as it is done: a failed prune still records the backup."""
     instance = resolve_instance(context.instance.root_directory)
     settings = load_settings(dagster_home=instance.home)
-    result = create_backup(instance, settings, kind="dagster", progress=context.log.info)
-    pruned = prune_backups(instance, settings)
-    return dg.MaterializeResult(metadata={
-        "backup": result.name,
-        "path": dg.MetadataValue.path(str(result.path)),
-        "size_bytes": dg.MetadataValue.int(result.size_bytes),
-        "duration_s": dg.MetadataValue.float(round(result.duration_s, 3)),
-        "dump_sha256": result.dump_sha256,
-        "runs": result.row_counts.get("runs", 0),
-        "event_logs": result.row_counts.get("event_logs", 0),
-        "pruned": len(pruned.deleted),
-    })
+    for step in nightly_steps(instance, settings, kind="dagster", progress=context.log.info):
+        metadata = step.metadata()
+        if "path" in metadata:
+            metadata["path"] = dg.MetadataValue.path(metadata["path"])
+        yield dg.MaterializeResult(
+            asset_key=INSTANCE_BACKUP if step.name == BACKUP_STEP else INSTANCE_HISTORY,
+            metadata=metadata)
+        if not step.complete:  # e.g. compute log folders that could not be deleted
+            raise dg.Failure("the history prune is not complete: "
+                             + "; ".join(step.history.notes))
 
 
 instance_backup_job = dg.define_asset_job(
     name="instance_backup_job",
-    selection=dg.AssetSelection.assets(instance_backup),
-    description="Back up the Dagster instance (dagpg backup), then prune old backups.",
+    selection=dg.AssetSelection.assets(instance_nightly),
+    description="Back up the Dagster instance, prune old backups, then prune the run history "
+                "(dagpg nightly).",
 )
 instance_backup_nightly = dg.ScheduleDefinition(
     job=instance_backup_job,
@@ -189,7 +202,8 @@ instance_backup_nightly = dg.ScheduleDefinition(
 
 # Dagster sees only what is listed here.
 defs = dg.Definitions(
-    assets=[project_inputs, parcels_near_parks, parcel_summary, summary_excel, instance_backup],
+    assets=[project_inputs, parcels_near_parks, parcel_summary, summary_excel,
+            instance_nightly],
     jobs=[park_access_job, instance_backup_job],
     schedules=[park_access_daily, instance_backup_nightly],
     resources={PATH_IO_MANAGER: PathIOManager()},

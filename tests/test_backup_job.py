@@ -1,5 +1,6 @@
-"""The nightly backup inside Dagster: `instance_backup_job` and `instance_backup_nightly` from
-scripts/dagster_definitions.py, executed against a real PostgreSQL-backed instance."""
+"""The nightly step inside Dagster: `instance_backup_job` and `instance_backup_nightly` from
+scripts/dagster_definitions.py, executed against a real PostgreSQL-backed instance: a backup,
+then the history prune, each a materialization with its metadata."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.conftest import PROJECT_DIR
 DEFINITIONS = PROJECT_DIR / "scripts" / "dagster_definitions.py"
 
 
-def test_instance_backup_job_backs_up_and_records_metadata(dagster_home, tmp_path):
+def test_instance_backup_job_backs_up_prunes_and_records_metadata(dagster_home, tmp_path):
     dest = tmp_path / "nightly"
     config = dagster_home.home.parent / "config" / "config.yml"  # found through DAGSTER_HOME
     config.parent.mkdir()
@@ -33,10 +34,19 @@ def test_instance_backup_job_backs_up_and_records_metadata(dagster_home, tmp_pat
         job = defs.resolve_job_def("instance_backup_job")
         result = job.execute_in_process(instance=instance)
         assert result.success
-        (materialization,) = result.asset_materializations_for_node("instance_backup")
+        backup, history = result.asset_materializations_for_node("instance_nightly")
         stored = instance.get_latest_materialization_event(dg.AssetKey("instance_backup"))
+        pruned = instance.get_latest_materialization_event(dg.AssetKey("instance_history"))
     finally:
         instance.dispose()
+
+    assert (backup.asset_key, history.asset_key) == (dg.AssetKey("instance_backup"),
+                                                     dg.AssetKey("instance_history"))
+    materialization = backup
+    prune = {k: v.value for k, v in history.metadata.items()}
+    assert prune["complete"] is True and prune["skipped"] == ""
+    assert prune["runs_deleted"] == prune["events_deleted"] == 0  # a history of one new run
+    assert pruned.asset_materialization.metadata["complete"].value is True
 
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     folder = Path(metadata["path"])

@@ -315,7 +315,7 @@ def test_appcmd_script_configures_arr_variables_and_websocket(files):
 NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
 
 
-def test_backup_task_runs_backup_then_prune_without_password(files):
+def test_backup_task_runs_the_nightly_step_without_password(files):
     data = files["task/DagsterNightlyBackup.xml"]
     assert data.startswith(b"\xff\xfe")  # UTF-16 LE, as schtasks /XML expects
     task = ET.fromstring(data)
@@ -326,7 +326,7 @@ def test_backup_task_runs_backup_then_prune_without_password(files):
     dagpg = r'"C:\projects\arcpy-orchestration\env\Scripts\dagpg.exe"'
     assert (r'set "DAGSTER_HOME=C:\projects\arcpy-orchestration\dagster_home" && '
             r'set "PROJECT_ENV=prod" && '
-            f"({dagpg} backup --if-older-than 12 --silent && {dagpg} backups prune)") in args
+            f"({dagpg} nightly --backup-if-older-than 12 --silent)") in args
     assert SECRET not in data.decode("utf-16")
 
 

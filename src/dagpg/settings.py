@@ -97,6 +97,22 @@ class Verify(_Section):
     timeout_s: float = Field(default=5, gt=0)  # each network call of `dagpg verify`
 
 
+class Retention(_Section):
+    """How long the run history is kept (`dagpg prune`, the nightly step) and when the disk is
+    too full (`dagpg verify`'s disk check). Days may be fractions."""
+
+    logs_days: float = Field(default=30, gt=0)  # finished runs older than this lose their logs
+    runs_days: float = Field(default=365, gt=0)  # ... and older than this, the whole run
+    keep_last_runs: int = Field(default=20, ge=0)  # the newest N runs of each job: never touched
+    batch_rows: int = Field(default=5000, gt=0)  # rows deleted per committed transaction
+    lock_timeout_ms: int = Field(default=2000, gt=0)  # a batch waiting longer gives way, retries
+    statement_timeout_s: float = Field(default=120, gt=0)
+    nightly: bool = True  # the nightly step (Dagster's instance_ops job, the OS task) prunes
+    disk_warn_free_pct: float = Field(default=20, gt=0, lt=100)
+    disk_fail_free_pct: float = Field(default=5, gt=0, lt=100)
+    disk_warn_days_left: float = Field(default=30, gt=0)
+
+
 class Windows(_Section):
     """Where the project lives on the Windows server (`dagpg render`); relative to project_root."""
 
@@ -166,6 +182,7 @@ class KitSettings(_Section):
     access: Access = Access()
     watch: Watch = Watch()
     systemd: Systemd = Systemd()
+    retention: Retention = Retention()
 
     _path: Path | None = PrivateAttr(default=None)
     _env: str = PrivateAttr(default="dev")

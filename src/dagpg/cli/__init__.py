@@ -16,6 +16,8 @@ from dagpg import __version__
 from dagpg.cli import config_cmds, db_cmds, instance_cmds, render_cmds, verify_cmds, watch_cmds
 from dagpg.cli.backup_cmds import backup, backups, restore
 from dagpg.cli.migrate_cmds import migrate_from_sqlite
+from dagpg.cli.nightly_cmds import nightly
+from dagpg.cli.prune_cmds import prune, stats
 from dagpg.cli.upgrade_cmds import upgrade
 from dagpg.errors import ConnectionLostError, DagpgError
 from dagpg.pg import lost_connection_reason
@@ -98,6 +100,9 @@ cli.add_command(backups)
 cli.add_command(restore)
 cli.add_command(migrate_from_sqlite)
 cli.add_command(upgrade)
+cli.add_command(prune)
+cli.add_command(stats)
+cli.add_command(nightly)
 
 
 def main() -> None:

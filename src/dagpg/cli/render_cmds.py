@@ -36,8 +36,8 @@ def render(what, out_dir, config_path, listen, server_name, dagster_home, as_jso
     with the reverse-proxy rules, Windows authentication and URL Authorization, and
     iis_setup.ps1 (appcmd); nginx: the same proxy for Linux, with Basic authentication against
     dagpg.access.htpasswd (in `all` only when that is set, or access control is off); task: the
-    nightly `dagpg backup` as a Task Scheduler task; systemd: the webservers, the daemon and the
-    keeper as systemd units (Linux). No file ever holds a password.
+    nightly step (`dagpg nightly`) as a Task Scheduler task; systemd: the webservers, the daemon
+    and the keeper as systemd units (Linux). No file ever holds a password.
 
     \b
     Example:

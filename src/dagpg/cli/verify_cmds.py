@@ -42,10 +42,10 @@ def verify(webserver_url, public_url, public_user, servy_configs, heartbeat_max_
     Checks: both services resolve to the same PostgreSQL database; it answers and both schemas
     are at head; every daemon Dagster requires has a fresh heartbeat; the webserver (and the
     public URL, WebSocket included) serves the database's instance id and its heartbeat times;
-    the definitions load; the schedules run; the newest backup is recent; where the services'
-    Python has arcpy, it imports with an ArcGIS license (dagpg.arcpy). With --public-url
-    also: anonymous requests to the viewers' and the operators' paths are refused, the viewers'
-    webserver grants no permission, and no webserver port answers beyond loopback.
+    the definitions load; the schedules run; the newest backup is recent; the disks have room;
+    where the services' Python has arcpy, it imports with an ArcGIS license (dagpg.arcpy). With
+    --public-url also: anonymous requests to the viewers' and the operators' paths are refused,
+    the viewers' webserver grants no permission, and no webserver port answers beyond loopback.
 
     Exit code 0 when no check failed (warnings and skipped checks pass), 1 when one failed,
     2 for a usage or configuration error.

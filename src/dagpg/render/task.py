@@ -1,11 +1,11 @@
-"""The nightly backup as a Windows Task Scheduler task (`schtasks /Create /TN NAME /XML FILE /F`).
+"""The nightly step as a Windows Task Scheduler task (`schtasks /Create /TN NAME /XML FILE /F`).
 
 The task is the fallback for a night the daemon is down: Dagster's own `instance_backup_nightly`
-takes the backup (it shows in the UI), and this task runs FALLBACK_DELAY_H hours later with
-`dagpg backup --if-older-than`, which does nothing when that night's backup exists. Both
-running at once would collide on the backup lock. One Exec action runs the backup and, only if
-it succeeded, `dagpg backups prune`, with the services' DAGSTER_HOME and PROJECT_ENV, appending
-both outputs to the log folder. The task runs
+runs the nightly step (it shows in the UI), and this task runs FALLBACK_DELAY_H hours later with
+`dagpg nightly --backup-if-older-than`: the same library call (dagpg.nightly), whose backup does
+nothing when that night's backup exists; then the backups' retention and the history prune.
+Both running at once would collide on the backup lock. One Exec action runs it with the
+services' DAGSTER_HOME and PROJECT_ENV, appending its output to the log folder. The task runs
 as LocalSystem, whatever user is logged on. The PostgreSQL password is not in the task: it comes
 from the machine-wide DAGSTER_PG_PASSWORD that setup_dagster.ps1 sets (the README explains the
 trade-off). Times are the server's local time.
@@ -37,13 +37,13 @@ def daily_time(cron: str) -> tuple[int, int]:
 
 
 def backup_command(layout: Layout) -> str:
-    """cmd.exe's arguments: the environment, backup && prune, output appended to the log."""
+    """cmd.exe's arguments: the environment, `dagpg nightly`, output appended to the log."""
     dagpg = f'"{layout.script("dagpg")}"'
     env = " && ".join(f'set "{k}={v}"' for k, v in layout.service_environment.items())
     log = layout.log_dir / "dagpg_backup.log"
-    backup = f"{dagpg} backup --if-older-than {SKIP_IF_NEWER_THAN_H} --silent"
-    return (f'/d /s /c "{env} && ({backup} && {dagpg} backups prune) '
-            f'>> "{log}" 2>&1"')
+    nightly = f"{dagpg} nightly --backup-if-older-than {SKIP_IF_NEWER_THAN_H} --silent"
+    return f'/d /s /c "{env} && ({nightly}) >> "{log}" 2>&1"'
+
 
 
 def render_task(layout: Layout) -> bytes:
@@ -63,8 +63,9 @@ def render_task(layout: Layout) -> bytes:
     el(info, "Description",
        f"Fallback nightly backup of the Dagster instance in {layout.dagster_home}: at "
        f"{hour:02d}:{minute:02d} server time, {FALLBACK_DELAY_H} h after Dagster's "
-       f"instance_backup_nightly ({schedule.cron} {schedule.timezone}), dagpg backup unless "
-       f"one younger than {SKIP_IF_NEWER_THAN_H} h exists, then dagpg backups prune. "
+       f"instance_backup_nightly ({schedule.cron} {schedule.timezone}), dagpg nightly: a "
+       f"backup unless one younger than {SKIP_IF_NEWER_THAN_H} h exists, the backups' "
+       "retention, then the history prune (dagpg.retention). "
        "Rendered by dagpg render task.")
     el(info, "URI", f"\\{TASK_NAME}")
     trigger = el(el(task, "Triggers"), "CalendarTrigger")

@@ -443,3 +443,46 @@ def _first_line(text: str | None) -> str:
 
 def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class DiskObservation:
+    locations: list = field(default_factory=list)  # dagpg.prune.disk.Location
+    error: str | None = None
+
+
+def disk(obs: DiskObservation | None, retention: Any) -> CheckResult:
+    """Free space where the database, the backups and the compute logs live: warn under
+    retention.disk_warn_free_pct or disk_warn_days_left days left, fail under disk_fail_free_pct
+    (a full disk makes PostgreSQL refuse writes, and Dagster stops)."""
+    name, title = "operations.disk", "Disk space"
+    if obs is None:
+        return CheckResult(name, title, SKIP, "needs the instance: see same_home")
+    data = {"locations": [p.as_dict() for p in obs.locations],
+            "warn_free_pct": retention.disk_warn_free_pct,
+            "fail_free_pct": retention.disk_fail_free_pct,
+            "warn_days_left": retention.disk_warn_days_left}
+    if obs.error:
+        return CheckResult(name, title, WARN, f"could not measure: {obs.error}", data)
+    measured = [p for p in obs.locations if p.free_pct is not None]
+    if not measured:
+        return CheckResult(name, title, WARN, "could not measure any folder: "
+                           + "; ".join(f"{p.role}: {p.note}" for p in obs.locations), data)
+
+    def line(p) -> str:
+        left = f", {p.days_left:,.0f} days left" if p.days_left is not None else ""
+        return f"{p.role} {p.free_pct:.0f}% free{left} ({p.path})"
+
+    full = [p for p in measured if p.free_pct < retention.disk_fail_free_pct]
+    if full:
+        return CheckResult(name, title, FAIL, "; ".join(line(p) for p in full) + ": PostgreSQL "
+                           "stops accepting writes on a full disk; free space now (`dagpg "
+                           "prune`, `dagpg backups prune`, or a bigger disk)", data)
+    low = [p for p in measured if p.free_pct < retention.disk_warn_free_pct
+           or (p.days_left is not None and p.days_left < retention.disk_warn_days_left)]
+    unknown = [f"{p.role}: {p.note}" for p in obs.locations if p.free_pct is None and p.note]
+    if low:
+        return CheckResult(name, title, WARN, "; ".join(line(p) for p in low) + ": plan for more "
+                           "space, or prune sooner (dagpg.retention in config.yml)", data)
+    return CheckResult(name, title, OK, "; ".join([*(line(p) for p in measured), *unknown]),
+                       data)

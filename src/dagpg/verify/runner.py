@@ -93,9 +93,12 @@ def verify(
                          if public_base else None)
         db = db_future.result() if db_future else None
         backup_future = pool.submit(_observe_backup, instance) if db and db.reachable else None
+        disk_future = (pool.submit(_observe_disk, instance, settings, db.reachable, timeout)
+                       if instance and db else None)
         web = web_future.result()
         public = public_future.result() if public_future else None
         backup = backup_future.result() if backup_future else None
+        disk = disk_future.result() if disk_future else None
 
     if db and db.reachable:
         _reread_if_needed(instance, db, [w for w in (web, public) if w], timeout)
@@ -124,6 +127,7 @@ def verify(
         checks.backup(backup, max_age_h),
         checks.keeper(_observe_keeper(instance)
                       if db and db.reachable and db.status and db.status.at_head else None),
+        checks.disk(disk, settings.retention),
     ]
     if public_base:  # who gets through the proxy, and past it
         results += access.checks(settings, public_base, timeout=timeout,
@@ -252,3 +256,21 @@ def _reread_if_needed(instance: Instance, db: database.DbObservation,
             database.reread(instance, db, timeout=timeout)
         except DagpgError as exc:
             log.debug("re-reading the database failed: %s", exc)
+
+
+def _observe_disk(instance: Instance, settings: KitSettings, reachable: bool,
+                  timeout: float) -> checks.DiskObservation:
+    """Free space and days left (dagpg.prune.disk); the local folders even without the database."""
+    from dagpg import pg
+    from dagpg.prune.disk import locations
+
+    try:
+        if not reachable:
+            return checks.DiskObservation(locations(instance, settings))
+        with pg.connection(instance.target, timeout=timeout) as conn:
+            return checks.DiskObservation(locations(instance, settings, conn))
+    except DagpgError as exc:
+        return checks.DiskObservation(error=str(exc))
+    except Exception as exc:  # noqa: BLE001  (a measuring failure is a finding, not a crash)
+        log.debug("measuring the disks failed", exc_info=True)
+        return checks.DiskObservation(error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,125 @@
+"""What one prune deletes: the two cutoffs, the protections and the batch limits, from
+`dagpg.retention` in config.yml with a caller's overrides applied."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dagpg.prune.errors import AgeError
+from dagpg.settings import KitSettings
+
+TIERS = ("logs", "runs")
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+_UNITS = {"": 86400, "d": 86400, "day": 86400, "days": 86400, "h": 3600, "hour": 3600,
+          "hours": 3600, "m": 60, "min": 60, "minutes": 60, "w": 7 * 86400, "week": 7 * 86400,
+          "weeks": 7 * 86400}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """`logs_before`/`runs_before`: finished runs last updated before these lose their logs /
+    are deleted; None switches that tier off."""
+
+    now: datetime
+    logs_before: datetime | None
+    runs_before: datetime | None
+    keep_last_runs: int
+    batch_rows: int
+    lock_timeout_ms: int
+    statement_timeout_s: float
+
+    @property
+    def oldest_cutoff(self) -> datetime | None:
+        """Runs updated before this are candidates of at least one tier."""
+        cutoffs = [c for c in (self.logs_before, self.runs_before) if c is not None]
+        return max(cutoffs) if cutoffs else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "now": self.now.isoformat(),
+            "logs_before": self.logs_before.isoformat() if self.logs_before else None,
+            "runs_before": self.runs_before.isoformat() if self.runs_before else None,
+            "keep_last_runs": self.keep_last_runs,
+            "batch_rows": self.batch_rows,
+            "lock_timeout_ms": self.lock_timeout_ms,
+            "statement_timeout_s": self.statement_timeout_s,
+        }
+
+
+def make_policy(
+    settings: KitSettings,
+    *,
+    logs_older_than: str | float | None = None,
+    runs_older_than: str | float | None = None,
+    keep_last_runs: int | None = None,
+    batch_rows: int | None = None,
+    only: str | None = None,
+    now: datetime | None = None,
+) -> Policy:
+    """The policy of one prune. Ages are days (a number), a number with a unit (`12h`, `30d`,
+    `8w`) or a date/time (ISO 8601, UTC unless it says otherwise). Raises AgeError or
+    ConfigurationError for values that make no sense."""
+    from dagpg.errors import ConfigurationError
+
+    now = now or datetime.now(UTC)
+    retention = settings.retention
+    if only is not None and only not in TIERS:
+        raise ConfigurationError(f"--only {only!r}: choose one of {', '.join(TIERS)}")
+    logs = cutoff(logs_older_than, "--logs-older-than", now) if logs_older_than is not None \
+        else now - timedelta(days=retention.logs_days)
+    runs = cutoff(runs_older_than, "--runs-older-than", now) if runs_older_than is not None \
+        else now - timedelta(days=retention.runs_days)
+    keep = retention.keep_last_runs if keep_last_runs is None else keep_last_runs
+    batch = retention.batch_rows if batch_rows is None else batch_rows
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ConfigurationError(f"--keep-last-runs {keep!r}: give a whole number, 0 or more")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigurationError(f"--batch-rows {batch!r}: give a whole number, 1 or more")
+    return Policy(
+        now=now,
+        logs_before=None if only == "runs" else logs,
+        runs_before=None if only == "logs" else runs,
+        keep_last_runs=keep,
+        batch_rows=batch,
+        lock_timeout_ms=retention.lock_timeout_ms,
+        statement_timeout_s=retention.statement_timeout_s,
+    )
+
+
+def cutoff(value: str | float, option: str, now: datetime) -> datetime:
+    """`now` minus an age, or a date: the moment before which a run counts as old."""
+    if isinstance(value, bool):
+        raise AgeError(option, str(value), "not an age")
+    if isinstance(value, int | float):
+        return now - _days(value, option, str(value))
+    text = str(value).strip()
+    if text.startswith("-"):
+        raise AgeError(option, text, "must be more than 0")
+    match = _AGE.match(text)
+    if match:
+        unit = match.group(2).lower()
+        if unit not in _UNITS:
+            raise AgeError(option, text, f"unknown unit {match.group(2)!r}")
+        seconds = float(match.group(1)) * _UNITS[unit]
+        return now - _days(seconds / 86400, option, text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise AgeError(option, text, "not an age or a date") from None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment > now:
+        raise AgeError(option, text, "a date in the future would prune everything")
+    return moment
+
+
+def _days(days: float, option: str, text: str) -> timedelta:
+    if not math.isfinite(days) or days <= 0:
+        raise AgeError(option, text, "must be more than 0")
+    try:
+        return timedelta(days=days)
+    except OverflowError:
+        raise AgeError(option, text, "too large") from None

@@ -1,0 +1,59 @@
+"""Table sizes and VACUUM of the tables a prune touches."""
+
+from __future__ import annotations
+
+import logging
+
+from psycopg2 import sql
+
+log = logging.getLogger(__name__)
+
+# Every table a prune deletes from (or, for concurrency_slots, updates).
+TOUCHED = ("event_logs", "asset_event_tags", "asset_check_executions", "run_tags", "runs",
+           "concurrency_slots", "pending_steps")
+
+
+def sizes(conn, tables=TOUCHED) -> dict[str, int]:
+    """Bytes on disk of each table that exists (heap, TOAST and indexes)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT t, pg_total_relation_size(to_regclass(t)) FROM unnest(%s::text[]) t "
+                    "WHERE to_regclass(t) IS NOT NULL", (list(tables),))
+        found = {t: int(n) for t, n in cur.fetchall()}
+    conn.commit()
+    return found
+
+
+def row_bytes(conn, tables=TOUCHED) -> dict[str, float]:
+    """Average bytes on disk per row of each table (for estimates). Rows come from the planner's
+    statistics; a table without them (never analyzed, e.g. a fresh copy) is counted."""
+    found = {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT c.relname, pg_total_relation_size(c.oid)::float8, "
+                    "greatest(c.reltuples, coalesce(s.n_live_tup, 0)) FROM pg_class c "
+                    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                    "WHERE c.oid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))",
+                    (list(tables),))
+        for table, size, rows in cur.fetchall():
+            if rows <= 0:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+                rows = cur.fetchone()[0]
+            found[table] = size / rows if rows > 0 else 0.0
+    conn.commit()
+    return found
+
+
+def vacuum(conn, tables) -> list[str]:
+    """VACUUM (ANALYZE) each table, never FULL: no exclusive lock, the webserver keeps reading
+    and writing; the space of deleted rows is reused by new ones."""
+    done = []
+    old = conn.autocommit
+    conn.autocommit = True  # VACUUM cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 0")
+            for table in tables:
+                cur.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+                done.append(table)
+    finally:
+        conn.autocommit = old
+    return done
