@@ -60,17 +60,17 @@ class Location:
 
 
 def locations(instance: Instance, settings: KitSettings, conn=None,
-              now: datetime | None = None) -> list[Location]:
-    """The database's, the backups' and the compute logs' folders, with free space and days
-    left. `conn` (to the instance's database) gives the database's folder and the growth;
-    without it only the local folders are measured."""
+              now: datetime | None = None, exact: bool = False) -> list[Location]:
+    """The database's (first), the backups' and the compute logs' folders, with free space and
+    days left. `conn` (to the instance's database) gives the database's folder and the growth
+    (`exact`: see growth_per_day); without it only the local folders are measured."""
     from dagpg.backup import backup_directory
 
     database = Location("database", None)
     growth = None
     if conn is not None:
         database.path, database.note = _data_directory(conn, instance)
-        growth = growth_per_day(conn, now=now)
+        growth = growth_per_day(conn, now=now, exact=exact)
         database.growth_bytes_per_day = growth
     else:
         database.note = "database not reachable"
@@ -93,8 +93,10 @@ def locations(instance: Instance, settings: KitSettings, conn=None,
     return found
 
 
-def growth_per_day(conn, *, days: int = GROWTH_DAYS, now: datetime | None = None) -> float:
-    """Bytes per day the history grew by over the last `days` days (events and runs)."""
+def growth_per_day(conn, *, days: int = GROWTH_DAYS, now: datetime | None = None,
+                   exact: bool = False) -> float:
+    """Bytes per day the history grew by over the last `days` days (events and runs); `exact`
+    counts the tables' rows for the bytes per row instead of using PostgreSQL's estimate."""
     now = now or datetime.now(UTC)
     since = (now - timedelta(days=days)).replace(tzinfo=None)
     with conn.cursor() as cur:
@@ -105,7 +107,7 @@ def growth_per_day(conn, *, days: int = GROWTH_DAYS, now: datetime | None = None
         cur.execute("SELECT count(*) FROM runs WHERE create_timestamp >= %s", (since,))
         runs = cur.fetchone()[0]
     conn.commit()
-    per_row = tables.row_bytes(conn, ("event_logs", "runs"))
+    per_row = tables.row_bytes(conn, ("event_logs", "runs"), exact=exact)
     return (events * per_row.get("event_logs", 0) + runs * per_row.get("runs", 0)) / days
 
 

@@ -85,8 +85,8 @@ def history_stats(instance: Instance, settings: KitSettings, *, exact: bool = Fa
             report.events_by_type = {events.type_name(k): n for k, n in cur.fetchall()}
             report.days = _days(cur, now, report.tables)
         conn.commit()
-        report.growth_bytes_per_day = disk.growth_per_day(conn, now=now)
-        report.locations = disk.locations(instance, settings, conn, now=now)
+        report.locations = disk.locations(instance, settings, conn, now=now, exact=exact)
+    report.growth_bytes_per_day = report.locations[0].growth_bytes_per_day or 0.0  # database
     report.duration_s = time.monotonic() - started
     return report
 

@@ -23,9 +23,10 @@ def sizes(conn, tables=TOUCHED) -> dict[str, int]:
     return found
 
 
-def row_bytes(conn, tables=TOUCHED) -> dict[str, float]:
+def row_bytes(conn, tables=TOUCHED, *, exact: bool = False) -> dict[str, float]:
     """Average bytes on disk per row of each table (for estimates). Rows come from the planner's
-    statistics; a table without them (never analyzed, e.g. a fresh copy) is counted."""
+    statistics (stale in a fresh copy of a database: its pg_class came along, its activity
+    counters did not); a table without them, or every table with `exact`, is counted."""
     found = {}
     with conn.cursor() as cur:
         cur.execute("SELECT c.relname, pg_total_relation_size(c.oid)::float8, "
@@ -34,7 +35,7 @@ def row_bytes(conn, tables=TOUCHED) -> dict[str, float]:
                     "WHERE c.oid = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) t))",
                     (list(tables),))
         for table, size, rows in cur.fetchall():
-            if rows <= 0:
+            if exact or rows <= 0:
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
                 rows = cur.fetchone()[0]
             found[table] = size / rows if rows > 0 else 0.0
