@@ -47,3 +47,48 @@ def test_the_windows_job_structures_have_their_documented_x64_sizes():
     assert ctypes.sizeof(children.IO_COUNTERS) == 48
     assert ctypes.sizeof(children.JOBOBJECT_EXTENDED_LIMIT_INFORMATION) == 144
     assert children.JOBOBJECT_BASIC_LIMIT_INFORMATION.LimitFlags.offset == 16
+
+
+def test_a_job_sent_to_a_child_that_already_died_is_no_broken_pipe():
+    """Writing to a dead child's stdin raises BrokenPipeError (EPIPE), which click turns into a
+    silent exit 1; `send` leaves the death to be reported when the child's output is read."""
+    proc = children.popen([sys.executable, "-c", "import os; os._exit(9)"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.wait(30) == 9
+    with pytest.raises(BrokenPipeError):  # what happened before `send`
+        raw = subprocess.Popen([sys.executable, "-c", "import os; os._exit(9)"],
+                               stdin=subprocess.PIPE)
+        raw.wait(30)
+        raw.stdin.write(b"x" * (1 << 20))
+        raw.stdin.flush()
+    raw.stdin = None  # its pipe is broken; nothing left to close
+    children.send(proc, b"x" * (1 << 20))  # no exception
+    assert proc.stdin.closed and proc.stdout.read() == b""
+
+
+def test_a_pump_whose_child_died_first_is_one_line_with_the_exit_code(tmp_path, monkeypatch):
+    """The migration's event-rendering child, dead before its job arrives: the error names its
+    exit code, as every other early death does."""
+    from dagpg.migrate import pump
+    from dagpg.migrate.errors import CopyProcessError
+
+    started = []
+    real_popen = children.popen
+
+    def dead_on_arrival(argv, **kwargs):  # the real child, killed before the job is written
+        proc = real_popen(argv, **kwargs)
+        proc.kill()
+        proc.wait(30)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(children, "popen", dead_on_arrival)
+
+    class Job:
+        def to_json(self) -> str:
+            return "x" * (1 << 20)  # larger than a pipe's buffer: the write fails
+
+    with pytest.raises(CopyProcessError) as caught:
+        list(pump.Pump(Job()).units())
+    assert started and str(caught.value) == (
+        "the event-rendering process ended early (exit code -9); run the command again")

@@ -49,6 +49,21 @@ def popen(argv: list[str], *, umask: int | None = None, **kwargs) -> subprocess.
     return proc
 
 
+def send(proc: subprocess.Popen, data: bytes) -> None:
+    """Write `data` to the child's stdin and close it. A child that died first (killed, out of
+    memory) makes this a broken pipe: ignored here, the caller learns of the death, with its
+    exit code, when it reads the child's output. (Unhandled, the EPIPE would reach click, which
+    exits 1 without a word.)"""
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except BrokenPipeError:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+
 def run(argv: list[str], *, timeout: float | None = None, umask: int | None = None,
         **kwargs) -> subprocess.CompletedProcess:
     """subprocess.run for a child that dies with this process (`capture_output` as there)."""

@@ -67,8 +67,7 @@ class Pump:
     def __init__(self, job: EventJob):
         self._process = children.popen([sys.executable, "-m", "dagpg.migrate.pump"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._process.stdin.write(job.to_json().encode("utf-8"))
-        self._process.stdin.close()
+        children.send(self._process, job.to_json().encode("utf-8"))
 
     def units(self) -> Iterator[_UnitStream]:
         while True:

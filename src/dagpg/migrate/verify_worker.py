@@ -52,8 +52,7 @@ class EventsWorker:
     def __init__(self, job: VerifyJob):
         self._process = children.popen([sys.executable, "-m", "dagpg.migrate.verify_worker"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._process.stdin.write(job.to_json().encode("utf-8"))
-        self._process.stdin.close()
+        children.send(self._process, job.to_json().encode("utf-8"))
 
     def result(self) -> dict:
         output = self._process.stdout.read()

@@ -3,18 +3,17 @@
 Reading every event means deserializing it, which holds the GIL and is most of the checks'
 time; on a machine with a spare core half the runs (by events) go to this child
 (`python -m dagpg.upgrade.events_worker`, job as JSON on stdin, result as JSON on stdout), as
-the migration's verifier does. The child asks the kernel to kill it when its parent dies.
+the migration's verifier does. It dies with its parent (dagpg.children).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from dagpg import children
 from dagpg.upgrade.errors import UpgradeError
 
 PAGE = 1000
@@ -42,11 +41,10 @@ class EventsWorker:
     """The child, started with its share of runs; `result()` waits for its counts."""
 
     def __init__(self, home: Path, run_ids: list[str]):
-        self._process = subprocess.Popen(
+        self._process = children.popen(
             [sys.executable, "-m", "dagpg.upgrade.events_worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE)
-        self._process.stdin.write(json.dumps({"home": str(home), "run_ids": run_ids}).encode())
-        self._process.stdin.close()
+        children.send(self._process, json.dumps({"home": str(home), "run_ids": run_ids}).encode())
 
     def result(self) -> dict[str, list[int]]:
         output = self._process.stdout.read()
@@ -66,18 +64,8 @@ class EventsWorker:
             self._process.wait(timeout=30)
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl
-            os._exit(1)
-
-
 def main() -> int:
-    _die_with_parent()
+    children.watch_parent()  # besides the kernel's PR_SET_PDEATHSIG set by children.popen
     from dagpg.instance import resolve_instance
     from dagpg.migrate.dagster_views import target_instance
 
