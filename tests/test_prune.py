@@ -69,13 +69,21 @@ def expected(clone, runs: dict[str, tuple]) -> dict[str, set[str]]:
                  if age == "old" and job == "note_job" and r not in h.runs["old"]
                  and r not in (h.started_run, h.canceling_run)}
     assert len(by_daemon) >= 2 and len(done_backfill) == 1 and len(open_backfill) == 1
+    # Both backfills' runs belong to __ASSET_JOB and the daemon launches them in either order:
+    # when the finished backfill's run is the newer, it is the newest of its job (keep_last_runs
+    # is 1) and stays untouched; otherwise the catalog keeps it.
+    (newer,), = prune_support.rows(
+        clone.target, "SELECT run_id FROM runs WHERE run_id = ANY(%s) ORDER BY id DESC LIMIT 1",
+        (sorted(done_backfill | open_backfill),))
+    newest_of_job = done_backfill if newer in done_backfill else set()
     return {
         "deleted": {city_1, east_failed, daily_02, rainfall, failing_1, failing_2, note,
                     slot_note, *by_daemon},
-        "kept_for_catalog": {legacy, daily_01, west_failed, daily_03, city_2, *done_backfill},
+        "kept_for_catalog": {legacy, daily_01, west_failed, daily_03, city_2,
+                             *(done_backfill - newest_of_job)},
         "logs_pruned": {aged_city, aged_east, aged_note},
         "untouched": {failing_3, h.started_run, h.canceling_run, *open_backfill, aged_daily_02,
-                      aged_rainfall, check_only, *h.runs["recent"]},
+                      aged_rainfall, check_only, *h.runs["recent"], *newest_of_job},
     }
 
 
