@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -188,20 +187,33 @@ class Browser:
         from websockets.sync.client import connect
 
         self.screenshots = screenshots
-        self.proc = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={folder / 'profile'}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            match = re.search(r"DevTools listening on (ws://\S+)", self.proc.stderr.readline())
-            if match:
-                break
-        else:
-            raise AssertionError("Chromium did not start its DevTools endpoint")
+        # Two tries: on a loaded machine Chromium has been seen to start without its endpoint.
+        url = self._start(chromium, folder, "first") or self._start(chromium, folder, "second")
+        if not url:
+            log = (folder / "chromium.log").read_text(errors="replace").splitlines()[-8:]
+            raise AssertionError("Chromium did not start its DevTools endpoint twice: "
+                                 + " | ".join(log))
         self._exit = contextlib.ExitStack()
-        self.ws = self._exit.enter_context(connect(match.group(1), max_size=None,
-                                                   open_timeout=10))
+        self.ws = self._exit.enter_context(connect(url, max_size=None, open_timeout=10))
         self.ids = itertools.count(1)
+
+    def _start(self, chromium: str, folder: Path, attempt: str) -> str | None:
+        """Start Chromium; its DevTools URL from the DevToolsActivePort file it writes, or None.
+        Its stderr goes to a file: a pipe nobody reads would block it once full."""
+        profile = folder / f"profile-{attempt}"
+        with (folder / "chromium.log").open("a") as log:
+            self.proc = subprocess.Popen(
+                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        active = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            lines = active.read_text().splitlines() if active.exists() else []
+            if len(lines) >= 2:
+                return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
+            time.sleep(0.2)
+        processes.stop(self.proc, timeout=10)
+        return None
 
     def close(self) -> None:
         self._exit.close()
