@@ -178,6 +178,6 @@ def _who(layout: Layout) -> str:
     lines = []
     for web in layout.webservers:
         who = allowed(layout, web)
-        names = ", ".join([*who.groups, *who.users]) or "nobody"
+        names = ", ".join(dict.fromkeys([*who.groups, *who.users])) or "nobody"
         lines.append(f"Write-Host {_ps(f'{web.prefix}: {names} ({web.audience})')}\n")
     return "".join(lines)
