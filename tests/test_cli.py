@@ -127,3 +127,10 @@ def test_the_nightly_line_counts_in_words(tmp_path, deleted, words):
     pruned = PruneReport(tmp_path, dry_run=False, deleted=[f"b{i}" for i in range(deleted)])
     step = Step(BACKUP_STEP, skipped="the newest backup is 1.0 h old", backups_pruned=pruned)
     assert _line(step) == f"backup skipped: the newest backup is 1.0 h old; {words} deleted"
+
+
+def test_counts_read_as_words():
+    from dagpg.wording import count
+
+    assert [count(0, "run"), count(1, "run"), count(1, "old backup"), count(12345, "event")] == [
+        "0 runs", "1 run", "1 old backup", "12,345 events"]
