@@ -250,7 +250,12 @@ def test_the_script_changes_as_little_as_iis_allows(files):
     assert ("foreach ($section in @('system.webServer/security/authentication/"
             "anonymousAuthentication', 'system.webServer/security/authentication/"
             "windowsAuthentication')) {\n    Invoke-Appcmd @('unlock', 'config', $site, "
-            "\"-section:$section\")") in script
+            "\"-section:$section\", '/commit:apphost')") in script
+    # Every change to applicationHost.config names it: appcmd writes "at the level for which
+    # it is set" otherwise (Getting Started with AppCmd.exe), here the site's web.config, which
+    # cannot unlock a section for itself and which the script replaces with the rendered one.
+    for call in re.findall(r"Invoke-Appcmd @\('(?:set|unlock)', 'config', \$site[^\n]*", script):
+        assert call.rstrip().endswith("'/commit:apphost') | Out-Null"), call
     # Server variables are allowed for this site; ARR's server-wide proxy settings are only
     # the switch and a timeout that is never lowered (no Host header or buffering changes).
     assert ("Invoke-Appcmd @('set', 'config', $site, "
