@@ -114,3 +114,23 @@ def test_a_lost_connection_anywhere_is_one_line():
         "connection already closed"
     refused = psycopg2.errors.lookup("23505")("duplicate key value violates unique constraint")
     assert lost_connection_reason(refused) is None
+
+
+@pytest.mark.parametrize("deleted, words", [(0, "0 old backups"), (1, "1 old backup"),
+                                            (2, "2 old backups")])
+def test_the_nightly_line_counts_in_words(tmp_path, deleted, words):
+    """`dagpg nightly`'s text: "1 old backup deleted", never "1 old backups"."""
+    from dagpg.backup.retention import PruneReport
+    from dagpg.cli.nightly_cmds import _line
+    from dagpg.nightly import BACKUP_STEP, Step
+
+    pruned = PruneReport(tmp_path, dry_run=False, deleted=[f"b{i}" for i in range(deleted)])
+    step = Step(BACKUP_STEP, skipped="the newest backup is 1.0 h old", backups_pruned=pruned)
+    assert _line(step) == f"backup skipped: the newest backup is 1.0 h old; {words} deleted"
+
+
+def test_counts_read_as_words():
+    from dagpg.wording import count
+
+    assert [count(0, "run"), count(1, "run"), count(1, "old backup"), count(12345, "event")] == [
+        "0 runs", "1 run", "1 old backup", "12,345 events"]

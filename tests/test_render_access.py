@@ -109,6 +109,29 @@ def test_url_authorization_follows_the_configured_groups_and_users(files):
         ("", "operator"), ("", "CORP\\jdoe"), ("", "viewer")]
 
 
+def test_a_plain_list_of_names_allows_each_as_group_or_user(tmp_path, monkeypatch):
+    """`viewers: [names]`, as the issue words it ("AD groups or users"): IIS allows each name as
+    a role and as a user; nginx takes them as its user names."""
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", SECRET)
+    htpasswd = tmp_path / "dagster.htpasswd"
+    htpasswd.write_text("ops:$apr1$abcdefgh$0123456789abcdefghijkl\n")
+    files = rendered(tmp_path, f"""  access:
+    viewers: ['CORP\\GIS Analysts']
+    operators: ['CORP\\GIS Operators', ops]
+    htpasswd: {htpasswd}
+""")
+    found = locations(files["iis/web.config"])
+    assert allowed(found["dagster-admin"]) == [
+        ("CORP\\GIS Operators", ""), ("ops", ""), ("", "CORP\\GIS Operators"), ("", "ops")]
+    assert ("CORP\\GIS Analysts", "") in allowed(found["dagster"])
+    assert ("", "CORP\\GIS Analysts") in allowed(found["dagster"])
+    script = files["iis/iis_setup.ps1"].decode()
+    assert "'/dagster-admin: CORP\\GIS Operators, ops (operators)'" in script
+    nginx = files["nginx/dagster.conf"].decode()
+    operators = nginx.split("map $remote_user $dagpg_operators {", 1)[1].split("}", 1)[0]
+    assert '"ops" 1;' in operators
+
+
 def test_each_path_has_its_rule_to_its_webserver(files):
     rules = ET.fromstring(files["iis/web.config"]).findall(".//rewrite/rules/rule")
     found = {r.get("name"): (r.find("match").get("url"), r.find("action").get("url"))
@@ -227,7 +250,12 @@ def test_the_script_changes_as_little_as_iis_allows(files):
     assert ("foreach ($section in @('system.webServer/security/authentication/"
             "anonymousAuthentication', 'system.webServer/security/authentication/"
             "windowsAuthentication')) {\n    Invoke-Appcmd @('unlock', 'config', $site, "
-            "\"-section:$section\")") in script
+            "\"-section:$section\", '/commit:apphost')") in script
+    # Every change to applicationHost.config names it: appcmd writes "at the level for which
+    # it is set" otherwise (Getting Started with AppCmd.exe), here the site's web.config, which
+    # cannot unlock a section for itself and which the script replaces with the rendered one.
+    for call in re.findall(r"Invoke-Appcmd @\('(?:set|unlock)', 'config', \$site[^\n]*", script):
+        assert call.rstrip().endswith("'/commit:apphost') | Out-Null"), call
     # Server variables are allowed for this site; ARR's server-wide proxy settings are only
     # the switch and a timeout that is never lowered (no Host header or buffering changes).
     assert ("Invoke-Appcmd @('set', 'config', $site, "

@@ -155,3 +155,16 @@ def test_systemd_analyze_accepts_the_units(tmp_path):
     result = subprocess.run([analyze, "verify", *paths], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readmes_systemctl_line_enables_every_unit_the_default_config_renders():
+    """The README's Linux steps start what `dagpg render systemd` writes from the project's own
+    config (access control on: the viewers' read-only webserver too, or /dagster answers 502)."""
+    project = Path(__file__).resolve().parents[1]
+    settings = load_settings(project / "config" / "config.yml", "prod")
+    rendered = {Path(rel).stem for rel in render_files(layout_from(settings), "systemd")}
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if "systemctl enable --now" in line]
+    assert len(lines) == 1, lines
+    enabled = set(lines[0].split("enable --now", 1)[1].split())
+    assert enabled == rendered

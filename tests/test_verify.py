@@ -309,6 +309,24 @@ def test_the_schedule_hint_names_the_workspace_the_webserver_loads(tmp_path, mon
     assert hints.schedule_start(["a"], here, tmp_path).startswith(f"DAGSTER_HOME={tmp_path} ")
 
 
+
+def test_the_schedule_hint_on_windows_runs_in_windows_powershell(tmp_path, monkeypatch):
+    """Windows PowerShell 5.1 (the setup script's shell) has no `&&`, and runs a quoted program
+    path only after the call operator `&`."""
+    (tmp_path / "Program Files").mkdir()
+    exe = tmp_path / "Program Files" / "dagster.exe"
+    exe.write_text("")
+    monkeypatch.setattr(hints.sys, "executable", str(exe.with_name("python.exe")))
+    monkeypatch.setattr(hints, "on_windows", lambda: True)
+    monkeypatch.setattr(hints.shutil, "which", lambda name: None)
+    here = ServiceHome("webserver", "DagsterWebserver", CURRENT_ENVIRONMENT, str(tmp_path))
+    (tmp_path / "workspace.yaml").write_text("load_from: []\n")
+    command = hints.schedule_start(["a", "b"], here, tmp_path)
+    assert "&&" not in command
+    first, second = command.split("; ")
+    assert first == f'& "{exe}" schedule start a -w {tmp_path}/workspace.yaml'
+    assert second.startswith(f'& "{exe}" schedule start b ')
+
 # -- judging observations ----------------------------------------------------------------------
 
 def beats(**ages: float) -> list[Heartbeat]:

@@ -15,7 +15,15 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dagpg.errors import ConfigurationError
 
@@ -69,6 +77,16 @@ class Principals(_Section):
 
     groups: list[str] = []
     users: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_list(cls, data: Any) -> Any:
+        """`viewers: ['CORP\\GIS Analysts', 'CORP\\jdoe']`: names that may be groups or users.
+        Each is allowed as both (IIS matches `roles` against the user's groups, `users` against
+        the user's own name, so the other rule never matches; nginx knows user names only)."""
+        if isinstance(data, list):
+            return {"groups": data, "users": data}
+        return data
 
     @property
     def empty(self) -> bool:

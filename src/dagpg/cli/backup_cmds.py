@@ -19,6 +19,7 @@ from dagpg.cli.options import (
 )
 from dagpg.instance import resolve_instance
 from dagpg.settings import load_settings
+from dagpg.wording import count
 
 dir_option = click.option(
     "--dir", "directory", metavar="DIR", default=None,
@@ -83,8 +84,9 @@ def backup(dagster_home, dest, if_older_than, as_json, silent) -> None:
         ("folder", result.path),
         ("size", human_bytes(result.size_bytes)),
         ("took", f"{result.duration_s:.1f}s"),
-        ("rows", f"{counts.get('runs', 0)} runs, {counts.get('event_logs', 0)} events, "
-                 f"{sum(counts.values())} in {len(counts)} tables"),
+        ("rows", f"{count(counts.get('runs', 0), 'run')}, "
+                 f"{count(counts.get('event_logs', 0), 'event')}, "
+                 f"{sum(counts.values()):,} in {count(len(counts), 'table')}"),
         ("dump SHA-256", result.dump_sha256),
         ("catalogued", "yes" if result.catalogued else "no (run `dagpg db upgrade`)"),
     ])

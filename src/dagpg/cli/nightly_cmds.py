@@ -16,6 +16,7 @@ from dagpg.errors import EXIT_FAILURE
 from dagpg.instance import resolve_instance
 from dagpg.nightly import run_nightly
 from dagpg.settings import load_settings
+from dagpg.wording import count
 
 
 @click.command("nightly")
@@ -56,9 +57,11 @@ def _line(step) -> str:
         done = (f"backup {step.backup.name} ({human_bytes(step.backup.size_bytes)})"
                 if step.backup else f"backup skipped: {step.skipped}")
         pruned = len(step.backups_pruned.deleted) if step.backups_pruned else 0
-        return f"{done}; {pruned} old backups deleted"
+        return f"{done}; {count(pruned, 'old backup')} deleted"
     if step.history is None:
         return f"history prune skipped: {step.skipped}"
     h = step.history
-    return (f"history: {h.runs_deleted} runs deleted, logs of {h.runs_logs_pruned} runs pruned, "
-            f"{h.events_total:,} events deleted ({h.duration_s:.1f}s)")
+    return (f"history: {count(h.runs_deleted, 'run')} deleted, logs of "
+            f"{count(h.runs_logs_pruned, 'run')} pruned, {count(h.events_total, 'event')} "
+            f"deleted ({h.duration_s:.1f}s)")
+

@@ -18,6 +18,7 @@ from dagpg.errors import EXIT_FAILURE
 from dagpg.instance import resolve_instance
 from dagpg.prune import PruneIncompleteError, PruneReport, history_stats, prune_history
 from dagpg.settings import load_settings
+from dagpg.wording import count
 
 _AGE_HELP = "days (30), a number with a unit (12h, 30d, 8w) or a date (2025-01-31)"
 
@@ -98,9 +99,9 @@ def render_prune(report: PruneReport) -> None:
     backup = report.backup or {}
     rows = [
         ("backup (the undo)", _backup_line(backup)),
-        ("logs pruned", f"{report.runs_logs_pruned} runs"),
+        ("logs pruned", count(report.runs_logs_pruned, "run")),
         (f"runs {verb}", str(report.runs_deleted)),
-        ("kept for the catalog", f"{len(plan.kept_for_catalog)} old runs"),
+        ("kept for the catalog", count(len(plan.kept_for_catalog), "old run")),
         ("never touched", ", ".join(f"{n} {why}" for why, n in sorted(plan.protected.items()))
          or "none"),
         (f"events {verb}", f"{report.events_total:,}"),

@@ -31,6 +31,7 @@ from dagpg.progress import ProgressFn
 from dagpg.prune import events, logfiles
 from dagpg.prune.errors import PruneIncompleteError
 from dagpg.prune.report import PruneReport
+from dagpg.wording import count as counted
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Deleter:
             self.files.submit(chunk)
             self.report.runs_logs_pruned += len(chunk)
             self.say(f"logs: {self.report.runs_logs_pruned}/{len(run_ids)} runs, "
-                     f"{self.report.events_total:,} events deleted")
+                     f"{counted(self.report.events_total, 'event')} deleted")
 
     # -- runs tier -----------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Deleter:
             self._durable()
             self.files.submit(gone)
             self.say(f"runs: {self.report.runs_deleted}/{len(run_ids)} deleted, "
-                     f"{self.report.events_total:,} events deleted")
+                     f"{counted(self.report.events_total, 'event')} deleted")
 
     def _delete_runs(self, group: list[str], checks: dict[str, list[int]]) -> list[str]:
         def work(cur) -> _Done:

@@ -18,6 +18,7 @@ from dagpg.prune.plan import make_plan
 from dagpg.prune.policy import make_policy
 from dagpg.prune.report import PruneReport
 from dagpg.settings import KitSettings
+from dagpg.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,9 @@ def prune_history(
         report.plan = make_plan(conn, policy)
         conn.commit()
         plan = report.plan
-        say(f"plan: logs of {len(plan.logs_runs)} runs, {len(plan.delete_runs)} runs whole, "
-            f"{len(plan.kept_for_catalog)} old runs kept for the asset catalog")
+        say(f"plan: logs of {count(len(plan.logs_runs), 'run')}, "
+            f"{count(len(plan.delete_runs), 'run')} whole, "
+            f"{count(len(plan.kept_for_catalog), 'old run')} kept for the asset catalog")
         if dry_run:
             _estimate(conn, report, per_row)
             logfiles.delete_runs(report.log_files, [*plan.logs_runs, *plan.delete_runs],

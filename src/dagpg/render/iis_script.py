@@ -15,8 +15,11 @@ references):
 - The allowed server variables are added for this site only (`appcmd set config "<site>" ...
   /commit:apphost`, a <location> in applicationHost.config).
 - The authentication sections are locked at the server level (overrideModeDefault="Deny"); they
-  are unlocked for this site only (`appcmd unlock config "<site>" -section:...`, Microsoft's
-  "An Overview of Feature Delegation in IIS"), so web.config may set them for Dagster's paths.
+  are unlocked for this site only (`appcmd unlock config "<site>" -section:... /commit:apphost`,
+  Microsoft's "An Overview of Feature Delegation in IIS"), so web.config may set them for
+  Dagster's paths. Without /commit:apphost appcmd writes "at the level for which it is set" (the
+  site's web.config, which the script then replaces): Microsoft's "Getting Started with
+  AppCmd.exe", "Controlling Location of Configuration".
 - The rewrite rules sit in `<location path="." inheritInChildApplications="false">`: the site's
   other applications do not inherit them. A site-root rule is refused where the site holds other
   applications or virtual directories (ArcGIS Web Adaptor's /arcgis, /portal).
@@ -164,10 +167,11 @@ def _unlock(layout: Layout) -> str:
     sections = _array(*(_ps(s) for s in AUTH_SECTIONS))
     return f"""
 # web.config turns anonymous authentication off and Windows authentication on for Dagster's
-# paths; both sections are locked at the server level by default. Unlocked for this site only
-# (idempotent: unlocking an unlocked section changes nothing).
+# paths; both sections are locked at the server level by default. Unlocked for this site only,
+# in applicationHost.config (/commit:apphost: appcmd otherwise writes at the level it is given,
+# the site's own web.config, which cannot unlock itself and is replaced below). Idempotent.
 foreach ($section in {sections}) {{
-    Invoke-Appcmd @('unlock', 'config', $site, "-section:$section") | Out-Null
+    Invoke-Appcmd @('unlock', 'config', $site, "-section:$section", '/commit:apphost') | Out-Null
 }}
 """
 
@@ -178,6 +182,6 @@ def _who(layout: Layout) -> str:
     lines = []
     for web in layout.webservers:
         who = allowed(layout, web)
-        names = ", ".join([*who.groups, *who.users]) or "nobody"
+        names = ", ".join(dict.fromkeys([*who.groups, *who.users])) or "nobody"
         lines.append(f"Write-Host {_ps(f'{web.prefix}: {names} ({web.audience})')}\n")
     return "".join(lines)

@@ -13,6 +13,11 @@ from dagpg.verify.services import ServiceHome
 WORKSPACE_YAML = "workspace.yaml"
 
 
+def on_windows() -> bool:
+    """Whether the hints are for Windows (PowerShell, .exe names): the machine verify runs on."""
+    return os.name == "nt"
+
+
 def schedule_start(names: list[str], webserver: ServiceHome, home: Path | None) -> str:
     """`dagster schedule start NAME -w <workspace.yaml>` for each name, joined by ` && `.
 
@@ -22,10 +27,16 @@ def schedule_start(names: list[str], webserver: ServiceHome, home: Path | None) 
     workspace = workspace_of(webserver, home)
     where = _quote(str(workspace)) if workspace else "<workspace.yaml>"
     prefix = ""
-    if home is not None and os.name != "nt" and os.environ.get("DAGSTER_HOME") != str(home):
+    if home is not None and not on_windows() and os.environ.get("DAGSTER_HOME") != str(home):
         prefix = f"DAGSTER_HOME={_quote(str(home))} "
     program = _dagster_program()
-    return " && ".join(f"{prefix}{program} schedule start {_quote(n)} -w {where}"
+    if on_windows() and program.startswith('"'):
+        # PowerShell runs a quoted path only through the call operator (about_Operators, "&").
+        program = f"& {program}"
+    # On Windows the setup script's shell is Windows PowerShell 5.1, which has no `&&` (pipeline
+    # chain operators came with PowerShell 7: about_Pipeline_Chain_Operators); `;` works in both.
+    joiner = "; " if on_windows() else " && "
+    return joiner.join(f"{prefix}{program} schedule start {_quote(n)} -w {where}"
                        for n in names)
 
 
@@ -46,7 +57,7 @@ def workspace_of(webserver: ServiceHome, home: Path | None) -> Path | None:
 
 def _dagster_program() -> str:
     """`dagster` when PATH finds the one installed beside dagpg, else that one's full path."""
-    name = "dagster.exe" if os.name == "nt" else "dagster"
+    name = "dagster.exe" if on_windows() else "dagster"
     beside = Path(sys.executable).parent / name
     if not beside.exists():
         return "dagster"
@@ -64,6 +75,6 @@ def _tokens(parameters: str) -> list[str]:
 
 
 def _quote(text: str) -> str:
-    if os.name == "nt":
+    if on_windows():
         return f'"{text}"' if " " in text else text
     return shlex.quote(text)
