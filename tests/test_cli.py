@@ -134,3 +134,24 @@ def test_counts_read_as_words():
 
     assert [count(0, "run"), count(1, "run"), count(1, "old backup"), count(12345, "event")] == [
         "0 runs", "1 run", "1 old backup", "12,345 events"]
+
+
+def test_days_left_reads_as_a_person_would_say_it():
+    from dagpg.wording import days_left
+
+    # A fresh instance grows a few kB a day: its millions of days read as "over 10 years".
+    assert [days_left(None), days_left(0.6), days_left(45.2), days_left(1_565_354)] == [
+        "-", "1 day", "45 days", "over 10 years"]
+
+
+def test_a_missing_dagster_home_names_the_shell_of_this_system(monkeypatch):
+    import os
+
+    from dagpg.errors import DagpgError
+    from dagpg.instance import resolve_home
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(DagpgError) as err:
+        resolve_home()
+    shell = "$env:DAGSTER_HOME" if os.name == "nt" else "export DAGSTER_HOME="
+    assert shell in str(err.value) and "\n" not in str(err.value)

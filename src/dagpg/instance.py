@@ -116,9 +116,11 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     """The DAGSTER_HOME to use: `home`, else $DAGSTER_HOME. Must be an existing directory."""
     raw = home if home is not None else os.environ.get("DAGSTER_HOME")
     if not raw:
+        example = ('$env:DAGSTER_HOME = "$PWD\\dagster_home"' if os.name == "nt"
+                   else "export DAGSTER_HOME=$PWD/dagster_home")
         raise InstanceError(
             "DAGSTER_HOME is not set; set it to the folder holding dagster.yaml "
-            "(e.g. export DAGSTER_HOME=$PWD/dagster_home) or pass --dagster-home"
+            f"(e.g. {example}) or pass --dagster-home"
         )
     path = Path(raw).expanduser()
     if not path.is_dir():

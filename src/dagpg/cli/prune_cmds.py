@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dagpg import wording
 from dagpg.backup.create import human_bytes
 from dagpg.cli.options import (
     dagster_home_option,
@@ -176,7 +177,7 @@ def stats(dagster_home, exact, as_json) -> None:
         if place.total_bytes is None:
             rows.append((place.role, str(place.path or "?"), "", "", place.note or ""))
             continue
-        left = f"{place.days_left:,.0f}" if place.days_left is not None else "-"
+        left = wording.days_left(place.days_left)
         shared = f"same disk as {', '.join(place.shares_with)}" if place.shares_with else ""
         rows.append((place.role, str(place.path),
                      f"{human_bytes(place.free_bytes)} ({place.free_pct:.0f}%)", left,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dagpg import wording
 from dagpg.errors import DagpgError
 from dagpg.heartbeats import Heartbeat
 from dagpg.instance import Instance
@@ -470,7 +471,7 @@ def disk(obs: DiskObservation | None, retention: Any) -> CheckResult:
                            + "; ".join(f"{p.role}: {p.note}" for p in obs.locations), data)
 
     def line(p) -> str:
-        left = f", {p.days_left:,.0f} days left" if p.days_left is not None else ""
+        left = f", {wording.days_left(p.days_left)} left" if p.days_left is not None else ""
         return f"{p.role} {p.free_pct:.0f}% free{left} ({p.path})"
 
     full = [p for p in measured if p.free_pct < retention.disk_fail_free_pct]
