@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import ssl
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from dagpg.errors import ConfigurationError
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_BODY = 8 * 1024 * 1024
+_ASK_AGAIN = (500, 502, 503)  # see WebClient._request
+_ASK_AGAIN_AFTER_S = 1.0
 _INIT_DATA = re.compile(
     r'<script[^>]*id="initialization-data"[^>]*>(.*?)</script>', re.DOTALL | re.IGNORECASE
 )
@@ -254,8 +257,9 @@ class WebClient:
         return status, body
 
     def _request(self, method: str, path: str, *, body: bytes | None = None,
-                 headers: dict[str, str] | None = None, raw_path: bool = False
-                 ) -> tuple[int, dict[str, str], bytes]:
+                 headers: dict[str, str] | None = None, raw_path: bool = False,
+                 retry: bool = True) -> tuple[int, dict[str, str], bytes]:
+        """One request; an HTTP 500/502/503 is asked once more, a second later."""
         url = self.base.url(path)
         full_path = path if raw_path else f"{self.base.prefix}{path}"
         headers = dict(headers or {})
@@ -272,6 +276,13 @@ class WebClient:
             conn.request(method, full_path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read(_MAX_BODY)
+            if resp.status in _ASK_AGAIN and retry:
+                # A webserver's pooled database connection dies with a PostgreSQL restart and
+                # fails the first request that uses it (HTTP 500); the next one reconnects.
+                conn.close()
+                time.sleep(_ASK_AGAIN_AFTER_S)
+                return self._request(method, path, body=body, headers=headers,
+                                     raw_path=raw_path, retry=False)
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         except TimeoutError:
             raise Unreachable(f"{url}: no answer within {self.timeout:g} s") from None
