@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from dagpg.cli import cli
+from dagpg.localdb import free_port
 from dagpg.services.base import MISSING, RUNNING, STOPPED, ServiceManagerError
 from dagpg.services.servy import Servy
 from dagpg.services.supervisord import Supervisord
@@ -32,9 +33,10 @@ SLEEP = "sleep 100000"
 
 def write_config(path: Path, **watch) -> Path:
     block = "\n".join(f"    {k}: {json.dumps(v)}" for k, v in watch.items())
-    # One webserver (no dagpg.access): the supervisord here runs one.
-    path.write_text(f"dagpg:\n  access:\n    enabled: false\n  watch:\n{block}\n",
-                    encoding="utf-8")
+    # One webserver (no dagpg.access): the supervisord here runs one, on a free port where
+    # nothing answers (not 3000: on a shared machine something else may answer there).
+    path.write_text(f"dagpg:\n  access:\n    enabled: false\n  webserver:\n"
+                    f"    port: {free_port()}\n  watch:\n{block}\n", encoding="utf-8")
     return path
 
 
@@ -290,14 +292,54 @@ def test_a_service_that_never_comes_back_is_restarted_at_most_the_budget(
     assert "gave up restarting DagsterDaemon (2 restarts in the last hour)" in result.detail
 
 
+def test_after_an_hour_it_acts_again_and_gives_up_loudly_again(dagster_home, supervisor,
+                                                              tmp_path):
+    """The budget frees up an hour after the restarts it counted: the keeper restarts again,
+    `dagpg verify` no longer says it gave up, and when that restart does not help either it
+    reports giving up again (a log line at level error, not silence)."""
+    from dagpg import pg
+
+    ctl = str(Path(sys.executable).parent / "supervisorctl")
+    config = write_config(
+        tmp_path / "watch.yml", service_manager="supervisord", supervisorctl=ctl,
+        supervisor_config=str(supervisor.config), interval_s=0.2, failures_before_restart=1,
+        max_restarts_per_hour=1, restart_grace_s=0, webserver_timeout_s=1,
+        log_dir=str(tmp_path / "logs"))
+    keeper = Keeper(load_settings(config), dagster_home=dagster_home.home, once=True)
+    keeper.start()
+
+    def until_given_up() -> None:
+        deadline = time.monotonic() + 60
+        while "DagsterDaemon" not in keeper.gave_up and time.monotonic() < deadline:
+            keeper.run_pass()
+        assert "DagsterDaemon" in keeper.gave_up
+
+    def gave_up() -> list[dict]:
+        return [r for r in jsonlog.read(tmp_path / "logs" / jsonlog.FILE_NAME)
+                if r["event"] == "gave_up" and r["target"] == "DagsterDaemon"]
+
+    try:
+        until_given_up()
+        assert len(gave_up()) == 1
+        with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE dagpg.keeper_actions SET at = at - interval '2 hours'")
+        result = keeper.run_pass()
+        assert [a.target for a in result.actions if a.target == "DagsterDaemon"] \
+            == ["DagsterDaemon"]
+        assert "DagsterDaemon" not in keeper.gave_up
+        until_given_up()
+    finally:
+        keeper.close()
+    assert len(gave_up()) == 2
+    assert all(r["level"] == "error" for r in gave_up())
+
+
 def test_a_webserver_that_answers_under_another_prefix_is_reported_not_restarted(
         dagster_home, supervisor, tmp_path):
     """HTTP 404 at <prefix>/server_info: the webserver is alive but misconfigured (the path
     prefix in config.yml is not its --path-prefix); a restart cannot help."""
     import http.server
     import threading
-
-    from dagpg.localdb import free_port
 
     class NotFound(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802  (http.server's name)
