@@ -210,6 +210,18 @@ def test_bad_configuration_is_one_line_and_exit_2(dagster_home, supervisor, tmp_
     assert (code, out) == (2, "Error: supervisord does not know service 'DagsterDeamon' "
                               "(DagsterDeamon: ERROR (no such process)); install it or fix "
                               "dagpg.services in config.yml\n")
+    # dagpg.access on (the default): the viewers' read-only webserver is a service of its own.
+    config = tmp_path / "b2.yml"
+    config.write_text("dagpg:\n  watch:\n    service_manager: supervisord\n"
+                      f"    supervisorctl: {ctl}\n    supervisor_config: {supervisor.config}\n",
+                      encoding="utf-8")
+    code, out = watch_check(config, dagster_home)
+    assert (code, out) == (2, "Error: supervisord does not know service "
+                              "'DagsterWebserverReadOnly' (DagsterWebserverReadOnly: ERROR (no "
+                              "such process)); install it or fix dagpg.services in config.yml; "
+                              "dagpg.access is enabled, so the viewers' read-only webserver is "
+                              "a service of its own; with one webserver, set "
+                              "dagpg.access.enabled: false\n")
     auth = Supervisor(tmp_path / "auth", {"DagsterDaemon": Program(SLEEP)}, auth=True).start()
     try:
         code, out = watch_check(write_config(tmp_path / "c.yml", service_manager="supervisord",
