@@ -590,3 +590,53 @@ def test_a_worker_older_than_the_boot_is_gone_at_once(dagster_home):
         assert set(after_reboot) == {"alive", "dead"}
         assert all(o.before_boot for o in after_reboot.values())
         assert "did not survive the reboot" in after_reboot["alive"].reason
+
+
+def test_a_starting_run_whose_code_server_is_gone_is_ended(dagster_home, supervisor, tmp_path):
+    """A run left STARTING with no worker: its launch waited on a code server that is gone
+    (nothing accepts connections at its `.dagster/grpc_info` address), so no worker will come;
+    the keeper ends it in its pass. One whose code server still listens is left alone, and so is
+    one without that tag (Dagster's run monitoring or starting_timeout_s handles it)."""
+    import socket as sockets
+
+    from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    listening = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    listening.bind(str(tmp_path / "live.sock"))
+    listening.listen()
+    dead = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    dead.bind(str(tmp_path / "dead.sock"))  # a code server killed: its socket file stays
+    dead.close()
+    servers = {"dead_socket": {"host": "localhost", "socket": str(tmp_path / "dead.sock")},
+               "dead_port": {"host": "localhost", "port": free_port()},
+               "live": {"host": "localhost", "socket": str(tmp_path / "live.sock")},
+               "untagged": None}
+    settings = load_settings(keeper_config(tmp_path, supervisor, orphan_settle_s=0.5))
+    try:
+        with DagsterInstance.from_config(str(dagster_home.home)) as instance:
+            runs = {}
+            for name, info in servers.items():
+                tags = {GRPC_INFO_TAG: json.dumps(info)} if info else {}
+                run = instance.add_run(DagsterRun(job_name=name, tags=tags,
+                                                  status=DagsterRunStatus.STARTING))
+                runs[name] = run.run_id
+            keeper = Keeper(settings, dagster_home=dagster_home.home, once=True)
+            keeper.start()
+            try:
+                result = keeper.run_pass()
+            finally:
+                keeper.close()
+            ended = {a.data["job"]: a for a in result.actions if a.target in runs.values()}
+            assert set(ended) == {"dead_socket", "dead_port"}
+            assert "and the code server that launched it" in ended["dead_socket"].detail
+            status = {name: instance.get_run_by_id(run_id).status for name, run_id in runs.items()}
+            assert status == {"dead_socket": DagsterRunStatus.FAILURE,
+                              "dead_port": DagsterRunStatus.FAILURE,
+                              "live": DagsterRunStatus.STARTING,
+                              "untagged": DagsterRunStatus.STARTING}
+            notes = [e.dagster_event.message for e in instance.all_logs(
+                runs["dead_socket"], of_type=DagsterEventType.ENGINE_EVENT)]
+            assert [n for n in notes if n.startswith("[dagpg watch] No run worker reported")]
+    finally:
+        listening.close()
