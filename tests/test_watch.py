@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from dagpg.cli import cli
+from dagpg.localdb import free_port
 from dagpg.services.base import MISSING, RUNNING, STOPPED, ServiceManagerError
 from dagpg.services.servy import Servy
 from dagpg.services.supervisord import Supervisord
@@ -32,9 +33,10 @@ SLEEP = "sleep 100000"
 
 def write_config(path: Path, **watch) -> Path:
     block = "\n".join(f"    {k}: {json.dumps(v)}" for k, v in watch.items())
-    # One webserver (no dagpg.access): the supervisord here runs one.
-    path.write_text(f"dagpg:\n  access:\n    enabled: false\n  watch:\n{block}\n",
-                    encoding="utf-8")
+    # One webserver (no dagpg.access): the supervisord here runs one, on a free port where
+    # nothing answers (not 3000: on a shared machine something else may answer there).
+    path.write_text(f"dagpg:\n  access:\n    enabled: false\n  webserver:\n"
+                    f"    port: {free_port()}\n  watch:\n{block}\n", encoding="utf-8")
     return path
 
 
@@ -208,6 +210,18 @@ def test_bad_configuration_is_one_line_and_exit_2(dagster_home, supervisor, tmp_
     assert (code, out) == (2, "Error: supervisord does not know service 'DagsterDeamon' "
                               "(DagsterDeamon: ERROR (no such process)); install it or fix "
                               "dagpg.services in config.yml\n")
+    # dagpg.access on (the default): the viewers' read-only webserver is a service of its own.
+    config = tmp_path / "b2.yml"
+    config.write_text("dagpg:\n  watch:\n    service_manager: supervisord\n"
+                      f"    supervisorctl: {ctl}\n    supervisor_config: {supervisor.config}\n",
+                      encoding="utf-8")
+    code, out = watch_check(config, dagster_home)
+    assert (code, out) == (2, "Error: supervisord does not know service "
+                              "'DagsterWebserverReadOnly' (DagsterWebserverReadOnly: ERROR (no "
+                              "such process)); install it or fix dagpg.services in config.yml; "
+                              "dagpg.access is enabled, so the viewers' read-only webserver is "
+                              "a service of its own; with one webserver, set "
+                              "dagpg.access.enabled: false\n")
     auth = Supervisor(tmp_path / "auth", {"DagsterDaemon": Program(SLEEP)}, auth=True).start()
     try:
         code, out = watch_check(write_config(tmp_path / "c.yml", service_manager="supervisord",
@@ -290,14 +304,54 @@ def test_a_service_that_never_comes_back_is_restarted_at_most_the_budget(
     assert "gave up restarting DagsterDaemon (2 restarts in the last hour)" in result.detail
 
 
+def test_after_an_hour_it_acts_again_and_gives_up_loudly_again(dagster_home, supervisor,
+                                                              tmp_path):
+    """The budget frees up an hour after the restarts it counted: the keeper restarts again,
+    `dagpg verify` no longer says it gave up, and when that restart does not help either it
+    reports giving up again (a log line at level error, not silence)."""
+    from dagpg import pg
+
+    ctl = str(Path(sys.executable).parent / "supervisorctl")
+    config = write_config(
+        tmp_path / "watch.yml", service_manager="supervisord", supervisorctl=ctl,
+        supervisor_config=str(supervisor.config), interval_s=0.2, failures_before_restart=1,
+        max_restarts_per_hour=1, restart_grace_s=0, webserver_timeout_s=1,
+        log_dir=str(tmp_path / "logs"))
+    keeper = Keeper(load_settings(config), dagster_home=dagster_home.home, once=True)
+    keeper.start()
+
+    def until_given_up() -> None:
+        deadline = time.monotonic() + 60
+        while "DagsterDaemon" not in keeper.gave_up and time.monotonic() < deadline:
+            keeper.run_pass()
+        assert "DagsterDaemon" in keeper.gave_up
+
+    def gave_up() -> list[dict]:
+        return [r for r in jsonlog.read(tmp_path / "logs" / jsonlog.FILE_NAME)
+                if r["event"] == "gave_up" and r["target"] == "DagsterDaemon"]
+
+    try:
+        until_given_up()
+        assert len(gave_up()) == 1
+        with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE dagpg.keeper_actions SET at = at - interval '2 hours'")
+        result = keeper.run_pass()
+        assert [a.target for a in result.actions if a.target == "DagsterDaemon"] \
+            == ["DagsterDaemon"]
+        assert "DagsterDaemon" not in keeper.gave_up
+        until_given_up()
+    finally:
+        keeper.close()
+    assert len(gave_up()) == 2
+    assert all(r["level"] == "error" for r in gave_up())
+
+
 def test_a_webserver_that_answers_under_another_prefix_is_reported_not_restarted(
         dagster_home, supervisor, tmp_path):
     """HTTP 404 at <prefix>/server_info: the webserver is alive but misconfigured (the path
     prefix in config.yml is not its --path-prefix); a restart cannot help."""
     import http.server
     import threading
-
-    from dagpg.localdb import free_port
 
     class NotFound(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802  (http.server's name)
@@ -536,3 +590,53 @@ def test_a_worker_older_than_the_boot_is_gone_at_once(dagster_home):
         assert set(after_reboot) == {"alive", "dead"}
         assert all(o.before_boot for o in after_reboot.values())
         assert "did not survive the reboot" in after_reboot["alive"].reason
+
+
+def test_a_starting_run_whose_code_server_is_gone_is_ended(dagster_home, supervisor, tmp_path):
+    """A run left STARTING with no worker: its launch waited on a code server that is gone
+    (nothing accepts connections at its `.dagster/grpc_info` address), so no worker will come;
+    the keeper ends it in its pass. One whose code server still listens is left alone, and so is
+    one without that tag (Dagster's run monitoring or starting_timeout_s handles it)."""
+    import socket as sockets
+
+    from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    listening = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    listening.bind(str(tmp_path / "live.sock"))
+    listening.listen()
+    dead = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    dead.bind(str(tmp_path / "dead.sock"))  # a code server killed: its socket file stays
+    dead.close()
+    servers = {"dead_socket": {"host": "localhost", "socket": str(tmp_path / "dead.sock")},
+               "dead_port": {"host": "localhost", "port": free_port()},
+               "live": {"host": "localhost", "socket": str(tmp_path / "live.sock")},
+               "untagged": None}
+    settings = load_settings(keeper_config(tmp_path, supervisor, orphan_settle_s=0.5))
+    try:
+        with DagsterInstance.from_config(str(dagster_home.home)) as instance:
+            runs = {}
+            for name, info in servers.items():
+                tags = {GRPC_INFO_TAG: json.dumps(info)} if info else {}
+                run = instance.add_run(DagsterRun(job_name=name, tags=tags,
+                                                  status=DagsterRunStatus.STARTING))
+                runs[name] = run.run_id
+            keeper = Keeper(settings, dagster_home=dagster_home.home, once=True)
+            keeper.start()
+            try:
+                result = keeper.run_pass()
+            finally:
+                keeper.close()
+            ended = {a.data["job"]: a for a in result.actions if a.target in runs.values()}
+            assert set(ended) == {"dead_socket", "dead_port"}
+            assert "and the code server that launched it" in ended["dead_socket"].detail
+            status = {name: instance.get_run_by_id(run_id).status for name, run_id in runs.items()}
+            assert status == {"dead_socket": DagsterRunStatus.FAILURE,
+                              "dead_port": DagsterRunStatus.FAILURE,
+                              "live": DagsterRunStatus.STARTING,
+                              "untagged": DagsterRunStatus.STARTING}
+            notes = [e.dagster_event.message for e in instance.all_logs(
+                runs["dead_socket"], of_type=DagsterEventType.ENGINE_EVENT)]
+            assert [n for n in notes if n.startswith("[dagpg watch] No run worker reported")]
+    finally:
+        listening.close()

@@ -346,6 +346,15 @@ def test_after_a_reboot_the_first_pass_ends_every_orphaned_run(stack):
     runs = [launch(stack, 600), launch(stack, 600)]
     for run_id in runs:
         wait_worker(stack, run_id)
+    # A run caught between its launch and its worker's first event: STARTING, launched through
+    # the daemon's code server (the address Dagster tagged the running ones with).
+    from dagster import DagsterRun, DagsterRunStatus
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    code_server = stack.instance.get_run_by_id(runs[0]).tags[GRPC_INFO_TAG]
+    starting = stack.instance.add_run(DagsterRun(
+        job_name="nap_job", status=DagsterRunStatus.STARTING,
+        tags={GRPC_INFO_TAG: code_server})).run_id
     keeper_before = stack.sup.pid("DagsterKeeper")
     killed = stack.sup.kill_all()
     assert keeper_before in killed and len(killed) >= 6
@@ -357,9 +366,9 @@ def test_after_a_reboot_the_first_pass_ends_every_orphaned_run(stack):
         lambda: [r for r in stack.records() if r["pid"] == new_keeper and r["pass"] == 1],
         180, "the new keeper's first pass")
     ended = {r["target"] for r in first_pass if r["event"] == "action"}
-    assert ended == set(runs)
-    assert {status(stack, r) for r in runs} == {"FAILURE"}
-    from dagster import DagsterRunStatus, RunsFilter
+    assert ended == {*runs, starting}
+    assert {status(stack, r) for r in [*runs, starting]} == {"FAILURE"}
+    from dagster import RunsFilter
 
     assert not stack.instance.get_run_records(RunsFilter(
         statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]))

@@ -13,8 +13,9 @@ from dagpg.watch import watch as run_watch
 
 @click.command("watch")
 @click.option("--once", is_flag=True,
-              help="One pass, then exit (e.g. from a scheduled task): exit code 0 when nothing "
-                   "is left wrong, 1 otherwise.")
+              help="One pass, then exit (e.g. from a scheduled task: set "
+                   "dagpg.watch.interval_s to its period): exit code 0 when nothing is left "
+                   "wrong, 1 otherwise.")
 @click.option("--check", "check_only", is_flag=True,
               help="Only the startup checks (service manager, service names, permission, "
                    "password, log folder): print what it would watch and exit.")

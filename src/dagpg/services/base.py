@@ -95,15 +95,17 @@ class ServiceManager(ABC):
     def describe(self, name: str) -> str:
         return " ".join(_quote(a) for a in self.restart_argv(name))
 
-    def check(self, names: Sequence[str]) -> None:
-        """At startup: the program exists, every service is known, restarting is allowed."""
+    def check(self, names: Sequence[str], hints: dict[str, str] | None = None) -> None:
+        """At startup: the program exists, every service is known, restarting is allowed.
+        `hints`: what else to say when a service is unknown (why the keeper expects it)."""
         self.executable()
         for name in names:
             state = self.status(name)
             if state.status == MISSING:
+                hint = (hints or {}).get(name, "")
                 raise ServiceManagerError(
                     f"{self.kind} does not know service {name!r} ({state.detail}); install it "
-                    "or fix dagpg.services in config.yml")
+                    f"or fix dagpg.services in config.yml{'; ' + hint if hint else ''}")
             if state.status == DENIED:
                 raise ServiceManagerError(
                     f"no permission to manage {name!r} through {self.kind}: {state.detail}; "

@@ -75,7 +75,11 @@ class Keeper:
         self.manager = self.manager or manager_for(self.settings)
         names = self.settings.services
         webservers = local_webservers(self.settings)
-        self.manager.check([*(name for _, name, _ in webservers), names.daemon])
+        self.manager.check(
+            [*(name for _, name, _ in webservers), names.daemon],
+            hints={names.read_only_webserver: "dagpg.access is enabled, so the viewers' "
+                   "read-only webserver is a service of its own; with one webserver, set "
+                   "dagpg.access.enabled: false"} if self.settings.access.enabled else None)
         self.log = JsonLog(self.settings.resolve(self.cfg.log_dir),
                            max_bytes=self.cfg.log_max_bytes, backups=self.cfg.log_backups)
         self.store = Store(self.instance, timeout=min(self.cfg.webserver_timeout_s, 10))

@@ -13,10 +13,15 @@ The worker's process id is in the run's own engine events: "Started process for 
 executor ("parent process (pid: N)"); the newest such event without a step key names the
 current worker. It counts as gone when no process has that id, or the process that has it
 started after the event (`procs.identity`), or the event is older than this machine's boot.
+A STARTING run with no worker yet is orphaned when it was launched before the boot, or when the
+code server it was launched through (the `.dagster/grpc_info` tag) no longer accepts
+connections: the launch waits while that code server starts the worker, so when both died
+(the daemon's process tree killed, a staged reboot) no worker will ever report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -101,6 +106,15 @@ class OrphanFinder:
                 return orphan(f"the run was launched at {_clock(launched)}, before this machine "
                               f"booted at {_clock(boot)}, and no run worker ever reported",
                               before_boot=True)
+            launcher = _launcher(run.tags)
+            if status == "STARTING" and launcher and procs.code_server_gone(launcher):
+                # The code server starts the worker while the launch waits for it, so a run
+                # left STARTING by a code server that is gone (killed with the daemon) will
+                # never get one. A worker that reports meanwhile (orphan_settle_s) is kept.
+                where = launcher.get("socket") or f"{launcher.get('host')}:{launcher.get('port')}"
+                return orphan(f"no run worker reported since the launch at {_clock(launched)}, "
+                              f"and the code server that launched it ({where}) is gone",
+                              code_server=launcher)
             if (status == "STARTING" and not self.instance.run_monitoring_enabled
                     and now - launched > self.starting_timeout_s):
                 return orphan(f"no run worker reported in {now - launched:.0f} s since the "
@@ -187,6 +201,18 @@ def end_run(instance: DagsterInstance, orphan: Orphan, *, who: str) -> str:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     log.info("%s run %s: %s", outcome, run.run_id, orphan.reason)
     return "CANCELED" if canceling else "FAILURE"
+
+
+def _launcher(tags) -> dict | None:
+    """The code server a run was launched through (DefaultRunLauncher's `.dagster/grpc_info`
+    tag), or None."""
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    try:
+        info = json.loads(tags.get(GRPC_INFO_TAG) or "null")
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def _clock(ts: float | None) -> str:

@@ -18,6 +18,7 @@ boot_time()), a dependency on those platforms. Without either, `started_at` answ
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -90,3 +91,37 @@ def identity(pid: int, named_at: float) -> str:
     if start is None or start > named_at + CLOCK_SLACK_S or is_python(pid) is False:
         return GONE
     return ALIVE
+
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
+
+
+def code_server_gone(info: dict) -> bool | None:
+    """Whether the code server a run was launched through (Dagster's `.dagster/grpc_info` tag:
+    host and port, or a unix socket) is gone: nothing accepts a connection there any more.
+    None when it cannot be told from here (another host, no address). Something else that
+    listens at that address counts as the code server: the keeper errs on the side of a live
+    run."""
+    host = str(info.get("host") or "")
+    if host not in (*_LOCAL_HOSTS, socket.gethostname()):
+        return None
+    if info.get("socket"):
+        if not hasattr(socket, "AF_UNIX"):
+            return None
+        address, family = str(info["socket"]), socket.AF_UNIX
+    elif info.get("port"):
+        address, family = (host or "localhost", int(info["port"])), None
+    else:
+        return None
+    try:
+        if family is None:
+            socket.create_connection(address, timeout=5).close()
+        else:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return None  # a timeout, no route: cannot tell
+    return False

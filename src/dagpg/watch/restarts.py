@@ -87,6 +87,9 @@ class Restarts:
                     "stops restarting it; find the cause in its log, fix it, restart it by hand",
                     target=w.name, data={"restarts": len(restarts)}))
             return
+        # The budget allows a restart again (an hour has passed): it acts again, so a second
+        # give-up is reported as loudly as the first.
+        self.gave_up.pop(w.name, None)
         grace = self.cfg.restart_grace_s
         if w.last_restart is not None:
             wait = grace * 2 ** (len(restarts) - 1) if restarts else grace
