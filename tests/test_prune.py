@@ -308,13 +308,16 @@ def test_bad_input_is_one_line_and_deletes_nothing(history, pg_server):
                                "integer, got 'some' (PROJECT_ENV=dev)")
     config.write_text(good)
     assert prune("--older-than", "last spring") == (
-        2, "Error: --runs-older-than 'last spring': not an age or a date; give days (30), a "
+        2, "Error: --older-than 'last spring': not an age or a date; give days (30), a "
            "number with a unit (12h, 30d, 8w) or a date (2025-01-31)")
 
     prune_support.rows(history.target, "DELETE FROM dagpg.backups RETURNING name")
     code, line = prune()
     assert code == 1 and line.startswith("Error: there is no verified backup in the catalog")
     assert line.endswith("run `dagpg backup` first, or pass --force to prune without one")
+    # Without --yes from a script (stdin not a terminal): the same refusal, not a question.
+    result = CliRunner().invoke(cli, ["prune", "--json"], input="")
+    assert (result.exit_code, error_line(result)) == (code, line)
 
     yaml = history.home / "dagster.yaml"
     dead = free_port()

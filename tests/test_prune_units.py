@@ -42,7 +42,8 @@ def test_finished_and_backfill_statuses_are_dagsters():
 @pytest.mark.parametrize(("age", "delta"), [
     ("30", timedelta(days=30)), ("30d", timedelta(days=30)), ("12h", timedelta(hours=12)),
     ("8w", timedelta(weeks=8)), ("90 min", timedelta(minutes=90)), (1.5, timedelta(days=1.5)),
-    ("2 days", timedelta(days=2)),
+    ("2 days", timedelta(days=2)), ("30s", timedelta(seconds=30)), ("1 minute", timedelta(minutes=1)),
+    ("6mo", timedelta(days=180)), ("1y", timedelta(days=365)),
 ])
 def test_ages(age, delta):
     policy = make_policy(KitSettings(), runs_older_than=age, logs_older_than="1d", now=NOW)
@@ -64,6 +65,32 @@ def test_defaults_come_from_the_settings():
     assert (policy.keep_last_runs, policy.batch_rows) == (20, 5000)
     assert make_policy(KitSettings(), only="logs", now=NOW).runs_before is None
     assert make_policy(KitSettings(), only="runs", now=NOW).logs_before is None
+
+
+def test_older_than_is_the_runs_tier_or_with_only_logs_the_logs_tier():
+    policy = make_policy(KitSettings(), older_than="90d", now=NOW)
+    assert policy.runs_before == NOW - timedelta(days=90)
+    assert policy.logs_before == NOW - timedelta(days=30)
+    policy = make_policy(KitSettings(), older_than="7d", only="logs", now=NOW)
+    assert (policy.logs_before, policy.runs_before) == (NOW - timedelta(days=7), None)
+    policy = make_policy(KitSettings(), older_than="2y", logs_older_than="6mo", now=NOW)
+    assert policy.runs_before == NOW - timedelta(days=730)
+    assert policy.logs_before == NOW - timedelta(days=180)
+    with pytest.raises(AgeError, match="^--older-than 'soon': not an age or a date"):
+        make_policy(KitSettings(), older_than="soon", only="logs", now=NOW)
+    with pytest.raises(ConfigurationError, match="give --older-than or --runs-older-than, not"):
+        make_policy(KitSettings(), older_than="9d", runs_older_than="9d", now=NOW)
+    with pytest.raises(ConfigurationError, match="give --older-than or --logs-older-than, not"):
+        make_policy(KitSettings(), older_than="9d", logs_older_than="9d", only="logs", now=NOW)
+
+
+def test_an_age_longer_than_the_calendar_keeps_everything():
+    from dagpg.settings import Retention
+
+    forever = make_policy(KitSettings(retention=Retention(logs_days=float("inf"),
+                                                         runs_days=1e7)), now=NOW)
+    assert forever.logs_before == forever.runs_before == datetime(1, 1, 2, tzinfo=UTC)
+    assert make_policy(KitSettings(), older_than="1000000d", now=NOW).runs_before.year == 1
 
 
 @pytest.mark.parametrize(("age", "message"), [
@@ -129,3 +156,14 @@ def test_a_database_without_dagsters_schema_is_one_line(empty_dagster_home):
     assert line.startswith("Error: prune stopped before it was done: PostgreSQL refused a "
                            'statement (relation "runs" does not exist')
     assert "if `dagpg db upgrade` has not run on this instance, run it first" in line
+
+
+def test_bytes_reclaimed_is_never_negative():
+    from dagpg.prune import PruneReport
+
+    report = PruneReport(policy=make_policy(KitSettings(), now=NOW), dry_run=False)
+    report.sizes_before, report.sizes_after = {"runs": 8192, "event_logs": 90000}, \
+        {"runs": 24576, "event_logs": 90000}  # VACUUM added the maps of a small table
+    assert report.bytes_reclaimed == 0 and report.as_dict()["bytes_reclaimed"] == 0
+    report.sizes_after = {"runs": 8192, "event_logs": 40000}
+    assert report.as_dict()["bytes_reclaimed"] == 50000

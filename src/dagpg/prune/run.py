@@ -29,6 +29,7 @@ def prune_history(
     instance: Instance,
     settings: KitSettings,
     *,
+    older_than: str | float | None = None,
     logs_older_than: str | float | None = None,
     runs_older_than: str | float | None = None,
     keep_last_runs: int | None = None,
@@ -44,13 +45,14 @@ def prune_history(
     bounded transactions; then VACUUM (ANALYZE). Killed at any moment, run it again: it finishes
     with the same result. Refuses without a verified backup younger than
     dagpg.verify.backup_max_age_h unless `force`. `dry_run` counts and changes nothing.
+    `older_than` overrides the runs tier's age (the logs tier's with `only="logs"`).
 
     Raises AgeError/ConfigurationError (bad values), DatabaseError (unreachable),
     NoRecentBackupError, PruneInProgressError, PruneIncompleteError (carries the report of what
     was done)."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
-    policy = make_policy(settings, logs_older_than=logs_older_than,
+    policy = make_policy(settings, older_than=older_than, logs_older_than=logs_older_than,
                          runs_older_than=runs_older_than, keep_last_runs=keep_last_runs,
                          batch_rows=batch_rows, only=only, now=now)
     report = PruneReport(policy=policy, dry_run=dry_run, log_files=logfiles.for_instance(instance))
