@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dagpg import pg
 from dagpg.cli import cli
 from dagpg.localdb import free_port
 from dagpg.prune import events, prune_history
@@ -318,6 +319,14 @@ def test_bad_input_is_one_line_and_deletes_nothing(history, pg_server):
     # Without --yes from a script (stdin not a terminal): the same refusal, not a question.
     result = CliRunner().invoke(cli, ["prune", "--json"], input="")
     assert (result.exit_code, error_line(result)) == (code, line)
+
+    # A table locked by another session past lock_timeout while planning: one line saying so.
+    with pg.connection(history.target) as locker, locker.cursor() as cur:
+        cur.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        code, line = prune("--force")
+    assert code == 1 and line.startswith(
+        "Error: prune stopped before it was done: another session held a table it reads longer "
+        "than dagpg.retention.lock_timeout_ms = 2000 (canceling statement due to lock timeout)")
 
     yaml = history.home / "dagster.yaml"
     dead = free_port()

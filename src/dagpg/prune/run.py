@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 
 import psycopg2
+import psycopg2.errors
 
 from dagpg import pg
 from dagpg.instance import Instance
@@ -93,6 +94,14 @@ def prune_history(
             report.notes.append(f"{len(report.log_files.errors)} compute log folders could not "
                                 "be deleted (see compute_logs.errors); run again to retry")
         return report
+    except psycopg2.errors.LockNotAvailable as exc:  # planning: batches retry on their own
+        raise PruneIncompleteError(
+            f"another session held a table it reads longer than dagpg.retention.lock_timeout_ms "
+            f"= {policy.lock_timeout_ms} ({_first(exc)})", report) from None
+    except psycopg2.errors.QueryCanceled as exc:
+        raise PruneIncompleteError(
+            f"a statement ran longer than dagpg.retention.statement_timeout_s = "
+            f"{policy.statement_timeout_s:g} ({_first(exc)})", report) from None
     except psycopg2.OperationalError as exc:
         raise PruneIncompleteError(f"lost the connection to PostgreSQL ({_first(exc)})",
                                    report) from None
