@@ -169,6 +169,12 @@ def test_prune_keeps_what_the_catalog_shows_and_deletes_the_rest(history):
     assert report.slots_freed == 1 and report.rows_deleted["pending_steps"] == 1
     (sequence_after,), = prune_support.rows(target, "SELECT last_value FROM event_logs_id_seq")
     assert sequence_after == sequence_before
+    assert dry.runs_logs_pruned == report.runs_logs_pruned == len(
+        want["kept_for_catalog"] | want["logs_pruned"])
+    again = prune_history(history.instance(), settings)  # nothing left to do, and it says so
+    assert again.complete and prune_support.catalog_view(home) == catalog_before
+    assert (again.runs_logs_pruned, again.runs_deleted, again.events_total,
+            again.transactions) == (0, 0, 0, 0)
     _a_new_materialization_fires_the_sensor_once(home, max_id_before)
 
 

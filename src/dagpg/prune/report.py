@@ -22,7 +22,7 @@ class PruneReport:
     rows_deleted: Counter = field(default_factory=Counter)  # other tables -> rows
     slots_freed: int = 0
     transactions: int = 0
-    runs_logs_pruned: int = 0  # runs whose bulky events were deleted (would be, dry run)
+    runs_logs_pruned: int = 0  # runs that lost bulky events (would, dry run); not again
     runs_deleted: int = 0
     log_files: LogFiles | None = None
     sizes_before: dict[str, int] = field(default_factory=dict)  # table -> bytes on disk

@@ -191,6 +191,11 @@ def _estimate(conn, report: PruneReport, per_row: dict[str, float]) -> None:
                 for kind, count, size in cur.fetchall():
                     report.events_deleted[events.type_name(kind)] += count
                     report.event_bytes += int(size)
+        for chunk in _chunks(plan.logs_runs, RUN_CHUNK):  # runs with logs left to lose
+            cur.execute("SELECT count(DISTINCT run_id) FROM event_logs WHERE "  # noqa: S608
+                        "run_id = ANY(%(runs)s) AND " + events.BULKY_SQL,
+                        {"runs": chunk, "bulky": list(events.BULKY_TYPES)})
+            report.runs_logs_pruned += cur.fetchone()[0]
         for table, query in (
             ("run_tags", "SELECT count(*) FROM run_tags WHERE run_id = ANY(%s)"),
             ("asset_check_executions",
@@ -203,7 +208,6 @@ def _estimate(conn, report: PruneReport, per_row: dict[str, float]) -> None:
                 report.rows_deleted[table] += cur.fetchone()[0]
     conn.commit()
     report.rows_deleted["runs"] = len(going)
-    report.runs_logs_pruned = len(plan.logs_runs)
     report.runs_deleted = len(plan.delete_runs)
     report.estimated_bytes = _freed(report, per_row)
 
