@@ -117,6 +117,8 @@ def test_bad_overrides():
         make_policy(KitSettings(), batch_rows=0)
     with pytest.raises(ConfigurationError, match="--keep-last-runs -1"):
         make_policy(KitSettings(), keep_last_runs=-1)
+    with pytest.raises(ConfigurationError, match="--keep-last-runs 0: give a whole number, 1 or"):
+        make_policy(KitSettings(), keep_last_runs=0)
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -125,8 +127,9 @@ def test_bad_overrides():
     ("runs_days: a year", "dagpg.retention.runs_days: input should be a valid number, "
                           "got 'a year'"),
     ("batch_rows: 0", "dagpg.retention.batch_rows: input should be greater than 0, got 0"),
-    ("keep_last_runs: -1", "dagpg.retention.keep_last_runs: input should be greater than or "
-                           "equal to 0, got -1"),
+    ("keep_last_runs: 0", "dagpg.retention.keep_last_runs: input should be greater than 0, got 0"),
+    ("keep_last_runs: -1", "dagpg.retention.keep_last_runs: input should be greater than 0, "
+                           "got -1"),
     ("batch_rows: 2.5", "dagpg.retention.batch_rows: input should be a valid integer, got 2.5"),
 ])
 def test_bad_retention_settings(tmp_path, line, message):

@@ -112,7 +112,7 @@ class Retention(_Section):
 
     logs_days: float = Field(default=30, gt=0)  # finished runs older than this lose their logs
     runs_days: float = Field(default=365, gt=0)  # ... and older than this, the whole run
-    keep_last_runs: int = Field(default=20, ge=0)  # the newest N runs of each job: never touched
+    keep_last_runs: int = Field(default=20, gt=0)  # the newest N runs of each job: never touched
     batch_rows: int = Field(default=5000, gt=0)  # rows deleted per committed transaction
     lock_timeout_ms: int = Field(default=2000, gt=0)  # a batch waiting longer gives way, retries
     statement_timeout_s: float = Field(default=120, gt=0)

@@ -33,7 +33,7 @@ _AGE_HELP = "days (30), a number with a unit (30s, 12h, 30d, 8w, 6mo, 1y) or a d
               help="Delete the logs of runs older than AGE. Default: dagpg.retention.logs_days.")
 @click.option("--runs-older-than", metavar="AGE", default=None,
               help="Delete runs older than AGE. Default: dagpg.retention.runs_days.")
-@click.option("--keep-last-runs", type=click.IntRange(min=0), metavar="N", default=None,
+@click.option("--keep-last-runs", type=click.IntRange(min=1), metavar="N", default=None,
               help="Never touch the newest N runs of each job. Default: "
                    "dagpg.retention.keep_last_runs.")
 @click.option("--batch-rows", type=click.IntRange(min=1), metavar="N", default=None,

@@ -91,8 +91,8 @@ def make_policy(
         else _days_before(now, retention.runs_days)
     keep = retention.keep_last_runs if keep_last_runs is None else keep_last_runs
     batch = retention.batch_rows if batch_rows is None else batch_rows
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-        raise ConfigurationError(f"--keep-last-runs {keep!r}: give a whole number, 0 or more")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigurationError(f"--keep-last-runs {keep!r}: give a whole number, 1 or more")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigurationError(f"--batch-rows {batch!r}: give a whole number, 1 or more")
     return Policy(
