@@ -31,8 +31,13 @@ def test_event_type_names_are_dagsters():
 
 def test_finished_and_backfill_statuses_are_dagsters():
     from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._core.storage.asset_check_execution_record import (
+        COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+    )
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
+    assert set(ev.COMPLETED_CHECK_STATUSES) == {
+        s.value for s in COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES}
     assert set(ev.FINISHED_STATUSES) == {s.value for s in FINISHED_STATUSES}
     assert set(ev.BACKFILL_DONE_STATUSES) <= {s.value for s in BulkActionStatus}
     in_progress = {s.value for s in BulkActionStatus} - set(ev.BACKFILL_DONE_STATUSES)
