@@ -86,7 +86,10 @@ def prune_history(
         if report.transactions:
             say("VACUUM (ANALYZE) of the pruned tables")
             touched = [t for t in tables.TOUCHED if t in report.sizes_before]
-            report.vacuumed = tables.vacuum(conn, touched)
+            report.vacuumed, busy = tables.vacuum(conn, touched)
+            if busy:
+                report.notes.append(f"VACUUM skipped {', '.join(busy)}: another session held "
+                                    "its lock past lock_timeout; autovacuum will do it")
         report.sizes_after = tables.sizes(conn)
         report.estimated_bytes = _freed(report, per_row)
         report.complete = not report.log_files.errors
