@@ -136,13 +136,25 @@ def test_bad_overrides():
     ("keep_last_runs: -1", "dagpg.retention.keep_last_runs: input should be greater than 0, "
                            "got -1"),
     ("batch_rows: 2.5", "dagpg.retention.batch_rows: input should be a valid integer, got 2.5"),
+    ("lock_timeout: soon", "dagpg.retention: value error, lock_timeout: not a duration, got "
+                           "'soon'; give milliseconds (2000) or a number with a unit (2s, 500ms, "
+                           "2min)"),
+    ("statement_timeout: 0", "dagpg.retention: value error, statement_timeout: must be more "
+                             "than 0, got 0"),
+    ("lock_timeout: 2s\n    lock_timeout_ms: 3", "dagpg.retention: value error, give "
+                                                 "lock_timeout or lock_timeout_ms, not both"),
 ])
 def test_bad_retention_settings(tmp_path, line, message):
-    config = tmp_path / "config.yml"
-    config.write_text(f"dagpg:\n  retention:\n    {line}\n")
+    config = _retention(tmp_path, line)
     with pytest.raises(ConfigurationError) as info:
         load_settings(config, env="dev")
     assert str(info.value) == f"{config}: {message} (PROJECT_ENV=dev)"
+
+
+def _retention(tmp_path, lines: str):
+    config = tmp_path / "config.yml"
+    config.write_text(f"dagpg:\n  retention:\n    {lines}\n")
+    return config
 
 
 @pytest.mark.parametrize(("lines", "lock_ms", "statement_s"), [
@@ -151,24 +163,8 @@ def test_bad_retention_settings(tmp_path, line, message):
     ("lock_timeout: 250ms\n    statement_timeout: 1h", 250, 3600),
 ])
 def test_timeouts_as_postgresql_names_them(tmp_path, lines, lock_ms, statement_s):
-    config = tmp_path / "config.yml"
-    config.write_text(f"dagpg:\n  retention:\n    {lines}\n")
-    retention = load_settings(config, env="dev").retention
+    retention = load_settings(_retention(tmp_path, lines), env="dev").retention
     assert (retention.lock_timeout_ms, retention.statement_timeout_s) == (lock_ms, statement_s)
-
-
-@pytest.mark.parametrize(("lines", "message"), [
-    ("lock_timeout: soon", "lock_timeout: not a duration, got 'soon'; give milliseconds (2000) "
-                           "or a number with a unit (2s, 500ms, 2min)"),
-    ("statement_timeout: 0", "statement_timeout: must be more than 0, got 0"),
-    ("lock_timeout: 2s\n    lock_timeout_ms: 3", "give lock_timeout or lock_timeout_ms, not both"),
-])
-def test_bad_timeouts(tmp_path, lines, message):
-    config = tmp_path / "config.yml"
-    config.write_text(f"dagpg:\n  retention:\n    {lines}\n")
-    with pytest.raises(ConfigurationError) as info:
-        load_settings(config, env="dev")
-    assert str(info.value) == f"{config}: dagpg.retention: value error, {message} (PROJECT_ENV=dev)"
 
 
 def test_the_project_config_holds_the_defaults():
