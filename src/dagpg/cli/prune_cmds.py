@@ -73,7 +73,8 @@ def prune(dagster_home, older_than, logs_older_than, runs_older_than, keep_last_
     """
     inst = resolve_instance(dagster_home)
     settings = load_settings(dagster_home=inst.home)
-    if not (yes or dry_run) and sys.stdin.isatty():  # scripts: the backup gate is the guard
+    # Asked on a terminal only: from a script, the backup gate is the guard.
+    if not (yes or dry_run) and sys.stdin is not None and sys.stdin.isatty():
         click.confirm(f"Delete old run history from {inst.target.where}? It cannot be undone "
                       "(but by restoring a backup)", abort=True, err=True)
     try:
