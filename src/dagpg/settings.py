@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -121,7 +122,7 @@ class Retention(_Section):
 
     logs_days: float = Field(default=30, gt=0)  # finished runs older than this lose their logs
     runs_days: float = Field(default=365, gt=0)  # ... and older than this, the whole run
-    keep_last_runs: int = Field(default=20, ge=0)  # the newest N runs of each job: never touched
+    keep_last_runs: int = Field(default=20, gt=0)  # the newest N runs of each job: never touched
     batch_rows: int = Field(default=5000, gt=0)  # rows deleted per committed transaction
     lock_timeout_ms: int = Field(default=2000, gt=0)  # a batch waiting longer gives way, retries
     statement_timeout_s: float = Field(default=120, gt=0)
@@ -129,6 +130,39 @@ class Retention(_Section):
     disk_warn_free_pct: float = Field(default=20, gt=0, lt=100)
     disk_fail_free_pct: float = Field(default=5, gt=0, lt=100)
     disk_warn_days_left: float = Field(default=30, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _postgres_names(cls, data: Any) -> Any:
+        """`lock_timeout` and `statement_timeout` as PostgreSQL spells them (a number of
+        milliseconds, or `2s`, `500ms`, `2min`) stand for lock_timeout_ms and statement_timeout_s."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, field_name, per_ms in (("lock_timeout", "lock_timeout_ms", 1),
+                                         ("statement_timeout", "statement_timeout_s", 1000)):
+            if name not in data:
+                continue
+            if field_name in data:
+                raise ValueError(f"give {name} or {field_name}, not both")
+            ms = _postgres_ms(data.pop(name), name)
+            data[field_name] = round(ms) if per_ms == 1 else ms / per_ms
+        return data
+
+
+_PG_UNITS_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _postgres_ms(value: Any, name: str) -> float:
+    """A PostgreSQL duration (no unit: milliseconds) in milliseconds, more than 0."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(value))
+    if isinstance(value, bool) or not match or match.group(2) not in ("", *_PG_UNITS_MS):
+        raise ValueError(f"{name}: not a duration, got {value!r}; give milliseconds (2000) or "
+                         "a number with a unit (2s, 500ms, 2min)")
+    ms = float(match.group(1)) * _PG_UNITS_MS.get(match.group(2), 1)
+    if ms <= 0:
+        raise ValueError(f"{name}: must be more than 0, got {value!r}")
+    return ms
 
 
 class Windows(_Section):
@@ -263,6 +297,8 @@ def load_settings(
         key = ".".join([SECTION, *(str(p) for p in err["loc"])])
         if err["type"] == "extra_forbidden":
             what = "unknown key; remove it or check its spelling"
+        elif isinstance(err.get("input"), dict):  # a section's own check: its message says it
+            what = err["msg"].lower()
         else:
             what = f"{err['msg'].lower()}, got {err.get('input')!r}"
         raise ConfigurationError(f"{path}: {key}: {what} (PROJECT_ENV={env})") from None

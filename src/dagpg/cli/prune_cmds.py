@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from dagpg import wording
@@ -21,18 +23,19 @@ from dagpg.prune import PruneIncompleteError, PruneReport, history_stats, prune_
 from dagpg.settings import load_settings
 from dagpg.wording import count
 
-_AGE_HELP = "days (30), a number with a unit (12h, 30d, 8w) or a date (2025-01-31)"
+_AGE_HELP = "days (30), a number with a unit (30s, 12h, 30d, 8w, 6mo, 1y) or a date (2025-01-31)"
 
 
 @click.command("prune")
 @dagster_home_option
 @click.option("--older-than", "older_than", metavar="AGE", default=None,
-              help=f"Delete runs older than AGE whole (same as --runs-older-than): {_AGE_HELP}.")
+              help="Delete runs older than AGE whole (--runs-older-than; with --only logs, "
+                   f"--logs-older-than): {_AGE_HELP}.")
 @click.option("--logs-older-than", metavar="AGE", default=None,
               help="Delete the logs of runs older than AGE. Default: dagpg.retention.logs_days.")
 @click.option("--runs-older-than", metavar="AGE", default=None,
               help="Delete runs older than AGE. Default: dagpg.retention.runs_days.")
-@click.option("--keep-last-runs", type=click.IntRange(min=0), metavar="N", default=None,
+@click.option("--keep-last-runs", type=click.IntRange(min=1), metavar="N", default=None,
               help="Never touch the newest N runs of each job. Default: "
                    "dagpg.retention.keep_last_runs.")
 @click.option("--batch-rows", type=click.IntRange(min=1), metavar="N", default=None,
@@ -61,7 +64,8 @@ def prune(dagster_home, older_than, logs_older_than, runs_older_than, keep_last_
     Killed or stopped? Run it again.
 
     Refuses without a verified backup younger than dagpg.verify.backup_max_age_h (a backup is
-    the undo) unless --force. Exit code 0 only when everything asked for was done.
+    the undo) unless --force. On a terminal it asks first (--yes: do not ask). Exit code 0 only
+    when everything asked for was done.
 
     \b
     Example:
@@ -69,17 +73,16 @@ def prune(dagster_home, older_than, logs_older_than, runs_older_than, keep_last_
       dagpg prune --yes --json
       dagpg prune --older-than 90d --only runs --yes
     """
-    if older_than is not None and runs_older_than is not None:
-        raise click.UsageError("give --older-than or --runs-older-than, not both")
     inst = resolve_instance(dagster_home)
     settings = load_settings(dagster_home=inst.home)
-    if not (yes or dry_run):
+    # Asked on a terminal only: from a script, the backup gate is the guard.
+    if not (yes or dry_run) and sys.stdin is not None and sys.stdin.isatty():
         click.confirm(f"Delete old run history from {inst.target.where}? It cannot be undone "
-                      "(but by restoring a backup)", abort=True)
+                      "(but by restoring a backup)", abort=True, err=True)
     try:
         report = prune_history(
-            inst, settings, logs_older_than=logs_older_than,
-            runs_older_than=runs_older_than if runs_older_than is not None else older_than,
+            inst, settings, older_than=older_than, logs_older_than=logs_older_than,
+            runs_older_than=runs_older_than,
             keep_last_runs=keep_last_runs, batch_rows=batch_rows, only=only, dry_run=dry_run,
             force=force, progress=progress_printer(silent, as_json))
     except PruneIncompleteError as exc:

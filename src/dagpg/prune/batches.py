@@ -70,17 +70,20 @@ class Deleter:
     # -- logs tier -----------------------------------------------------------------------
 
     def logs(self, run_ids: Sequence[str]) -> None:
+        seen = 0
         for chunk in _chunks(run_ids, RUN_CHUNK):
-            sizes = self._events_per_run(chunk)
-            for group, alone in _groups(chunk, sizes, self.batch):
+            sizes = self._events_per_run(chunk, _BULKY)  # a run pruned before has none left
+            busy = [r for r in chunk if sizes[r]]
+            for group, alone in _groups(busy, sizes, self.batch):
                 if alone:
                     self._in_parts(group, _BULKY, tags=False)
                 else:
                     self._commit(lambda cur, g=group: self._delete_where(cur, _BULKY, g))
             self._durable()
-            self.files.submit(chunk)
-            self.report.runs_logs_pruned += len(chunk)
-            self.say(f"logs: {self.report.runs_logs_pruned}/{len(run_ids)} runs, "
+            self.files.submit(chunk)  # all: a killed prune may have left a run's files
+            self.report.runs_logs_pruned += len(busy)
+            seen += len(chunk)
+            self.say(f"logs: {seen}/{len(run_ids)} runs, "
                      f"{counted(self.report.events_total, 'event')} deleted")
 
     # -- runs tier -----------------------------------------------------------------------
@@ -205,10 +208,10 @@ class Deleter:
         report.slots_freed += done.slots_freed
         return done
 
-    def _events_per_run(self, runs: list[str]) -> Counter:
+    def _events_per_run(self, runs: list[str], where: str = "run_id = ANY(%(runs)s)") -> Counter:
         with self.conn.cursor() as cur:
-            cur.execute("SELECT run_id, count(*) FROM event_logs WHERE run_id = ANY(%s) "
-                        "GROUP BY 1", (runs,))
+            cur.execute(f"SELECT run_id, count(*) FROM event_logs WHERE {where} "  # noqa: S608
+                        "GROUP BY 1", {**_PARAMS, "runs": runs})
             found = Counter(dict(cur.fetchall()))
         self.conn.commit()
         return found

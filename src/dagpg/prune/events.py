@@ -50,6 +50,10 @@ RUN_STATUS_TYPES = (
 
 FINISHED_STATUSES = ("SUCCESS", "FAILURE", "CANCELED")  # DagsterRunStatus values
 
+# asset_check_executions.execution_status of a completed execution
+# (COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
+COMPLETED_CHECK_STATUSES = ("SUCCEEDED", "FAILED")
+
 # BulkActionStatus values of a backfill that is over; any other status counts as in progress.
 BACKFILL_DONE_STATUSES = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED",
                           "CANCELED")

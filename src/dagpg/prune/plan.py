@@ -9,7 +9,8 @@ dagster/_core/storage/event_log/sql_event_log.py and partition_status_cache.py):
   without a materialization after it, in a run that failed: that run must exist too);
 - the event asset_keys.last_materialization points at, and the run in asset_keys.last_run_id;
 - the newest check execution of each check and partition, its run (a planned execution's status
-  is resolved from its run) and the events it points at; any check execution that stays points
+  is resolved from its run) and the events it points at, and the newest completed one (asset
+  health shows it while the newest is running or skipped); any check execution that stays points
   at events that stay (asset_check_executions holds two event ids, with no foreign keys).
 
 A run holding any of these is kept (in its logs-pruned form) instead of deleted. Runs that are
@@ -135,12 +136,17 @@ def needed_runs(cur, deletable: set[str]) -> dict[str, str]:
         for storage_id, run_id in cur.fetchall():
             need(run_id, f"last materialization of {pointed[storage_id]}")
 
+    # The newest completed one too: while the newest is planned (running, or skipped), asset
+    # health shows the newest completed (AssetCheckSummaryRecord.last_completed_...).
     cur.execute(
-        "SELECT c.run_id, c.asset_key, c.check_name FROM asset_check_executions c "
-        "JOIN (SELECT max(id) AS id FROM asset_check_executions "
-        "GROUP BY asset_key, check_name, partition) m ON m.id = c.id")
-    for run_id, asset_key, check_name in cur.fetchall():
-        need(run_id, f"newest execution of check {_key(asset_key)}:{check_name}")
+        "SELECT c.run_id, c.asset_key, c.check_name, m.completed FROM asset_check_executions c "
+        "JOIN (SELECT max(id) AS id, '' AS completed FROM asset_check_executions "
+        "GROUP BY asset_key, check_name, partition UNION ALL "
+        "SELECT max(id), 'completed ' FROM asset_check_executions "
+        "WHERE execution_status = ANY(%s) GROUP BY asset_key, check_name, partition) m "
+        "ON m.id = c.id ORDER BY m.completed", (list(events.COMPLETED_CHECK_STATUSES),))
+    for run_id, asset_key, check_name, completed in cur.fetchall():
+        need(run_id, f"newest {completed}execution of check {_key(asset_key)}:{check_name}")
 
     # Check executions that stay must not point at events that go: keep those events' runs,
     # whose own check executions then stay too, until nothing changes. One query finds every

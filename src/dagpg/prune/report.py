@@ -22,7 +22,7 @@ class PruneReport:
     rows_deleted: Counter = field(default_factory=Counter)  # other tables -> rows
     slots_freed: int = 0
     transactions: int = 0
-    runs_logs_pruned: int = 0  # runs whose bulky events were deleted (would be, dry run)
+    runs_logs_pruned: int = 0  # runs that lost bulky events (would, dry run); not again
     runs_deleted: int = 0
     log_files: LogFiles | None = None
     sizes_before: dict[str, int] = field(default_factory=dict)  # table -> bytes on disk
@@ -40,9 +40,10 @@ class PruneReport:
     @property
     def bytes_reclaimed(self) -> int:
         """Table bytes on disk before minus after (VACUUM without FULL hands little back to the
-        file system: the freed space is reused by new rows)."""
-        return sum(self.sizes_before.get(t, 0) - self.sizes_after.get(t, 0)
-                   for t in self.sizes_after)
+        file system: the freed space is reused by new rows). Never below 0: VACUUM's first visit
+        of a small table adds its free space and visibility maps, which reclaims nothing."""
+        return max(0, sum(self.sizes_before.get(t, 0) - self.sizes_after.get(t, 0)
+                          for t in self.sizes_after))
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

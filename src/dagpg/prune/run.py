@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 
 import psycopg2
+import psycopg2.errors
 
 from dagpg import pg
 from dagpg.instance import Instance
@@ -30,6 +31,7 @@ def prune_history(
     instance: Instance,
     settings: KitSettings,
     *,
+    older_than: str | float | None = None,
     logs_older_than: str | float | None = None,
     runs_older_than: str | float | None = None,
     keep_last_runs: int | None = None,
@@ -45,13 +47,14 @@ def prune_history(
     bounded transactions; then VACUUM (ANALYZE). Killed at any moment, run it again: it finishes
     with the same result. Refuses without a verified backup younger than
     dagpg.verify.backup_max_age_h unless `force`. `dry_run` counts and changes nothing.
+    `older_than` overrides the runs tier's age (the logs tier's with `only="logs"`).
 
     Raises AgeError/ConfigurationError (bad values), DatabaseError (unreachable),
     NoRecentBackupError, PruneInProgressError, PruneIncompleteError (carries the report of what
     was done)."""
     started = time.monotonic()
     say = progress or (lambda _msg: None)
-    policy = make_policy(settings, logs_older_than=logs_older_than,
+    policy = make_policy(settings, older_than=older_than, logs_older_than=logs_older_than,
                          runs_older_than=runs_older_than, keep_last_runs=keep_last_runs,
                          batch_rows=batch_rows, only=only, now=now)
     report = PruneReport(policy=policy, dry_run=dry_run, log_files=logfiles.for_instance(instance))
@@ -85,7 +88,10 @@ def prune_history(
         if report.transactions:
             say("VACUUM (ANALYZE) of the pruned tables")
             touched = [t for t in tables.TOUCHED if t in report.sizes_before]
-            report.vacuumed = tables.vacuum(conn, touched)
+            report.vacuumed, busy = tables.vacuum(conn, touched)
+            if busy:
+                report.notes.append(f"VACUUM skipped {', '.join(busy)}: another session held "
+                                    "its lock past lock_timeout; autovacuum will do it")
         report.sizes_after = tables.sizes(conn)
         report.estimated_bytes = _freed(report, per_row)
         report.complete = not report.log_files.errors
@@ -93,6 +99,14 @@ def prune_history(
             report.notes.append(f"{len(report.log_files.errors)} compute log folders could not "
                                 "be deleted (see compute_logs.errors); run again to retry")
         return report
+    except psycopg2.errors.LockNotAvailable as exc:  # planning: batches retry on their own
+        raise PruneIncompleteError(
+            f"another session held a table it reads longer than dagpg.retention.lock_timeout_ms "
+            f"= {policy.lock_timeout_ms} ({_first(exc)})", report) from None
+    except psycopg2.errors.QueryCanceled as exc:
+        raise PruneIncompleteError(
+            f"a statement ran longer than dagpg.retention.statement_timeout_s = "
+            f"{policy.statement_timeout_s:g} ({_first(exc)})", report) from None
     except psycopg2.OperationalError as exc:
         raise PruneIncompleteError(f"lost the connection to PostgreSQL ({_first(exc)})",
                                    report) from None
@@ -182,6 +196,11 @@ def _estimate(conn, report: PruneReport, per_row: dict[str, float]) -> None:
                 for kind, count, size in cur.fetchall():
                     report.events_deleted[events.type_name(kind)] += count
                     report.event_bytes += int(size)
+        for chunk in _chunks(plan.logs_runs, RUN_CHUNK):  # runs with logs left to lose
+            cur.execute("SELECT count(DISTINCT run_id) FROM event_logs WHERE "  # noqa: S608
+                        "run_id = ANY(%(runs)s) AND " + events.BULKY_SQL,
+                        {"runs": chunk, "bulky": list(events.BULKY_TYPES)})
+            report.runs_logs_pruned += cur.fetchone()[0]
         for table, query in (
             ("run_tags", "SELECT count(*) FROM run_tags WHERE run_id = ANY(%s)"),
             ("asset_check_executions",
@@ -194,7 +213,6 @@ def _estimate(conn, report: PruneReport, per_row: dict[str, float]) -> None:
                 report.rows_deleted[table] += cur.fetchone()[0]
     conn.commit()
     report.rows_deleted["runs"] = len(going)
-    report.runs_logs_pruned = len(plan.logs_runs)
     report.runs_deleted = len(plan.delete_runs)
     report.estimated_bytes = _freed(report, per_row)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg2.errors
 from psycopg2 import sql
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,25 @@ def row_bytes(conn, tables=TOUCHED, *, exact: bool = False) -> dict[str, float]:
     return found
 
 
-def vacuum(conn, tables) -> list[str]:
+def vacuum(conn, tables) -> tuple[list[str], list[str]]:
     """VACUUM (ANALYZE) each table, never FULL: no exclusive lock, the webserver keeps reading
-    and writing; the space of deleted rows is reused by new ones."""
-    done = []
+    and writing; the space of deleted rows is reused by new ones. Returns (vacuumed, busy): a
+    table whose lock another session holds past lock_timeout (autovacuum's anti-wraparound
+    pass does not give way) is left to autovacuum; the prune still did what it was asked."""
+    done, busy = [], []
     old = conn.autocommit
     conn.autocommit = True  # VACUUM cannot run inside a transaction
     try:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = 0")
             for table in tables:
-                cur.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+                try:
+                    cur.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+                except psycopg2.errors.LockNotAvailable:
+                    log.info("VACUUM of %s: its lock is held by another session; skipped", table)
+                    busy.append(table)
+                    continue
                 done.append(table)
     finally:
         conn.autocommit = old
-    return done
+    return done, busy
