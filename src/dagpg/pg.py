@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
+from psycopg2 import sql
 
 from dagpg.errors import (
     AuthenticationError,
@@ -177,3 +179,27 @@ def server_version(conn: psycopg2.extensions.connection) -> tuple[int, str]:
     with conn.cursor() as cur:
         cur.execute("SHOW server_version")
         return major, cur.fetchone()[0]
+
+
+def create_scratch_database(conn: psycopg2.extensions.connection, name: str, *,
+                            error: type[DagpgError], needed_by: str, otherwise: str = "") -> None:
+    """`CREATE DATABASE name TEMPLATE template0` on an autocommit `conn`. A role without CREATEDB
+    raises `error`: one line naming `needed_by` (what needs the database), the grant, and
+    `otherwise` (another way out, e.g. " or verify without --restore-test")."""
+    user = conn.info.user
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                sql.Identifier(name)))
+    except psycopg2.errors.InsufficientPrivilege:
+        raise error(f"role {user!r} may not create databases, which {needed_by} needs for its "
+                    f"scratch database; grant it (ALTER ROLE {user} CREATEDB){otherwise}"
+                    ) from None
+
+
+def drop_database(conn: psycopg2.extensions.connection, name: str) -> None:
+    """`DROP DATABASE IF EXISTS name` on an autocommit `conn`, ending its sessions (PostgreSQL
+    13 and later: WITH (FORCE))."""
+    force = sql.SQL(" WITH (FORCE)") if conn.server_version >= 130000 else sql.SQL("")
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)) + force)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from psycopg2 import sql
 
 from dagpg import pg
 from dagpg.backup import catalog, files, tools
@@ -113,7 +112,8 @@ def _restore_test(instance: Instance, folder: Folder, report: VerifyReport, say)
         major = conn.server_version // 10000
         dump_major = int(manifest.get("pg_dump", {}).get("major") or 0)
         pg_restore = tools.program("pg_restore", max(major, dump_major))
-        _create_database(conn, scratch, instance.target.user)
+        pg.create_scratch_database(conn, scratch, error=BackupError, needed_by="--restore-test",
+                                   otherwise=" or verify without --restore-test")
         try:
             say(f"test restore into scratch database {scratch}")
             tools.run([str(pg_restore.path), "--no-owner", "--no-acl", "--exit-on-error",
@@ -136,22 +136,7 @@ def _restore_test(instance: Instance, folder: Folder, report: VerifyReport, say)
             report.problems.append(f"the test restore failed: {exc}")
         finally:
             say(f"dropping scratch database {scratch}")
-            force = sql.SQL(" WITH (FORCE)") if major >= 13 else sql.SQL("")
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(scratch))
-                            + force)
-
-
-def _create_database(conn, name: str, user: str) -> None:
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-                sql.Identifier(name)))
-    except psycopg2.errors.InsufficientPrivilege:
-        raise BackupError(
-            f"role {user!r} may not create databases, which --restore-test needs for its "
-            f"scratch database; grant it (ALTER ROLE {user} CREATEDB) or verify without "
-            "--restore-test") from None
+            pg.drop_database(conn, scratch)
 
 
 def _record(instance: Instance, report: VerifyReport) -> bool:

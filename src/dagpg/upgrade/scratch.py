@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import psycopg2
 import yaml
-from psycopg2 import sql
 
 from dagpg import pg
 from dagpg.instance import Instance
@@ -34,7 +32,8 @@ def scratch_instance(instance: Instance, prefix: str = "dagpg_rehearse") -> Iter
     pointing at it. Dropped on exit."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with pg.connection(instance.target, autocommit=True) as conn:
-        _create(conn, name, instance.target.user)
+        pg.create_scratch_database(conn, name, error=UpgradeRefusedError,
+                                   needed_by="the rehearsal", otherwise=" and try again")
     home = Path(tempfile.mkdtemp(prefix="dagpg-scratch-home-"))
     target = replace(instance.target, database=name, password_source=f"env:{PASSWORD_VAR}")
     saved = os.environ.get(PASSWORD_VAR)
@@ -68,23 +67,10 @@ def drop_leftovers(instance: Instance, prefix: str = "dagpg_rehearse") -> list[s
 
 def drop_database(instance: Instance, name: str) -> None:
     try:
-        with pg.connection(instance.target, autocommit=True) as conn, conn.cursor() as cur:
-            force = sql.SQL(" WITH (FORCE)") if conn.server_version >= 130000 else sql.SQL("")
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
-                        + force)
+        with pg.connection(instance.target, autocommit=True) as conn:
+            pg.drop_database(conn, name)
     except Exception as exc:  # noqa: BLE001  (report, do not hide the original error)
         log.warning("scratch database %s could not be dropped (%s); drop it by hand", name, exc)
-
-
-def _create(conn, name: str, user: str) -> None:
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-                sql.Identifier(name)))
-    except psycopg2.errors.InsufficientPrivilege:
-        raise UpgradeRefusedError(
-            f"role {user!r} may not create databases, which the rehearsal needs for its "
-            f"scratch copy; grant it (ALTER ROLE {user} CREATEDB) and try again") from None
 
 
 def _write_yaml(home: Path, target) -> None:
