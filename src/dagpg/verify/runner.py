@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as installed_version
+from typing import TypeVar
 
 from dagpg.errors import ConfigurationError, DagpgError
 from dagpg.instance import Instance
@@ -27,6 +28,7 @@ from dagpg.verify.services import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def default_webserver_url(settings: KitSettings) -> str:
@@ -188,14 +190,21 @@ def webserver_check(url: str, name: str, *, timeout: float
 
 
 def _observe_keeper(instance: Instance | None) -> checks.KeeperObservation:
+    rows, error = _attempt("reading the keeper's heartbeat", lambda: read_keepers(instance))
+    return checks.KeeperObservation(rows=rows or [], error=error)
+
+
+def _attempt(doing: str, read: Callable[[], T]) -> tuple[T | None, str | None]:
+    """(read(), None), or (None, the error in one line): an observation's own failure becomes a
+    finding of its check, not a crash of verify."""
     try:
-        return checks.KeeperObservation(rows=read_keepers(instance))
+        return read(), None
     except DagpgError as exc:
-        return checks.KeeperObservation(error=str(exc))
-    except Exception as exc:  # noqa: BLE001  (its table's own failure: a check, not a crash)
-        log.debug("reading the keeper's row failed", exc_info=True)
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001  (a check, not a crash)
+        log.debug("%s failed", doing, exc_info=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return checks.KeeperObservation(error=f"reading the keeper's heartbeat failed: {first}")
+        return None, f"{doing} failed: {first}"
 
 
 def _primary(daemon: ServiceHome, resolved: Instance | DagpgError) -> Instance | None:
@@ -231,14 +240,8 @@ def _required_daemons(instance: Instance, db: database.DbObservation,
 def _observe_backup(instance: Instance) -> checks.BackupObservation:
     from dagpg.backup.catalog import latest_backup
 
-    try:
-        return checks.BackupObservation(backup=latest_backup(instance))
-    except DagpgError as exc:
-        return checks.BackupObservation(error=str(exc))
-    except Exception as exc:  # noqa: BLE001  (the catalog's own failure: a check, not a crash)
-        log.debug("reading the backup catalog failed", exc_info=True)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return checks.BackupObservation(error=f"reading the backup catalog failed: {first}")
+    backup, error = _attempt("reading the backup catalog", lambda: latest_backup(instance))
+    return checks.BackupObservation(backup=backup, error=error)
 
 
 def _reread_if_needed(instance: Instance, db: database.DbObservation,
@@ -264,13 +267,11 @@ def _observe_disk(instance: Instance, settings: KitSettings, reachable: bool,
     from dagpg import pg
     from dagpg.prune.disk import locations
 
-    try:
+    def measure() -> list:
         if not reachable:
-            return checks.DiskObservation(locations(instance, settings))
+            return locations(instance, settings)
         with pg.connection(instance.target, timeout=timeout) as conn:
-            return checks.DiskObservation(locations(instance, settings, conn))
-    except DagpgError as exc:
-        return checks.DiskObservation(error=str(exc))
-    except Exception as exc:  # noqa: BLE001  (a measuring failure is a finding, not a crash)
-        log.debug("measuring the disks failed", exc_info=True)
-        return checks.DiskObservation(error=f"{type(exc).__name__}: {exc}")
+            return locations(instance, settings, conn)
+
+    found, error = _attempt("measuring the disks", measure)
+    return checks.DiskObservation(found or [], error=error)
