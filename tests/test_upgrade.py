@@ -168,6 +168,14 @@ def test_another_instances_backup_in_the_folder_does_not_count(old, tmp_path, te
             cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN "
                         "('pg_catalog', 'information_schema')")
             assert cur.fetchone()[0] == 0
+            cur.execute("CREATE TABLE someone_elses (x int)")
+        # A target holding one table is named exactly (no "..." for more that are not there).
+        result = run_cli("db", "move", "--to-dagster-home", str(empty), "--force", "--dir",
+                         str(old.backups))
+        assert result.exit_code == 1
+        assert error_line(result).startswith(
+            f"Error: the target database {old.server.target(empty_db).where} is not empty (it "
+            "holds someone_elses); give a new, empty database")
     finally:
         old.server.drop_database(other_db)
         old.server.drop_database(empty_db)
