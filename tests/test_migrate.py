@@ -6,8 +6,11 @@ the source never touched, and the daemon carrying on against PostgreSQL afterwar
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import sqlite3
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -185,6 +188,33 @@ def test_storage_ids_keep_their_meaning(sqlite_home, dagster_home):
     assert sqlite_home.unchanged()
 
 
+def test_on_a_terminal_each_phase_draws_a_bar(sqlite_home, dagster_home):
+    """Run as a sysadmin runs it, stderr on a terminal: a bar per phase, counted in its unit
+    (the compute logs' bar once got the list of files as its length and ended in a traceback)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(processes.BIN / "dagpg"), "migrate-from-sqlite",
+                             str(sqlite_home.home), "--yes", "--force"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    screen = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=60) == 0, screen.decode(errors="replace")[-3000:]
+    text = screen.decode(errors="replace")
+    assert "Traceback" not in text
+    logs = re.findall(r"logs +\[[#-]*\] +(\d+)/(\d+)", text)
+    assert logs and logs[-1][0] == logs[-1][1], text[-2000:]
+    assert out.startswith("Migrated: ")
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(sqlite_home, empty_dagster_home):
     result = run_cli("migrate-from-sqlite", str(sqlite_home.home), "--dry-run", "--force")
     assert result.exit_code == 0, result.output
@@ -262,10 +292,16 @@ def test_older_source_schema_is_upgraded_on_a_copy(sqlite_home, dagster_home, tm
         conn.commit()
         conn.close()
     stamped = sqlite_fixtures.checksums(copy.base_dir)
-    report = migrate(dagster_home.resolve(), copy.home, force=True)
-    assert previous in report.revisions["source"]
-    assert not report.revisions["at_head"] and report.verification.ok
-    assert any("upgraded to" in note for note in report.notes)
+    result = run_cli("migrate-from-sqlite", str(copy.home), "--yes", "--force", "--json")
+    assert result.exit_code == 0, result.output
+    # Dagster's SQLite upgrade prints to stdout and draws tqdm bars on stderr: kept out of
+    # the kit's output (the JSON parses, stderr holds only the kit's own progress lines).
+    report = json.loads(result.stdout)
+    assert not [ln for ln in result.stderr.splitlines() if not ln.startswith("… ")], \
+        result.stderr
+    assert previous in report["revisions"]["source"]
+    assert not report["revisions"]["at_head"] and report["verification"]["ok"]
+    assert any("upgraded to" in note for note in report["notes"])
     assert sqlite_fixtures.checksums(copy.base_dir) == stamped
 
 

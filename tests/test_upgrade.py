@@ -140,6 +140,47 @@ def test_rehearse_without_a_verified_backup_is_one_line(old, tmp_path):
     assert old.dump() == before
 
 
+def test_another_instances_backup_in_the_folder_does_not_count(old, tmp_path, template_database):
+    """A backups folder several instances share: the rehearsal and the move use a backup of
+    their own database, never the newest of another (it would prove nothing about this one)."""
+    other_db = old.server.create_database(template=template_database)
+    empty_db = old.server.create_database()
+    try:
+        other = pgharness.write_dagster_home(tmp_path / "other_home",
+                                             old.server.target(other_db))
+        empty = pgharness.write_dagster_home(tmp_path / "empty_home",
+                                             old.server.target(empty_db))
+        shared = tmp_path / "shared_backups"
+        taken = run_cli("backup", "--dagster-home", str(other), "--dest", str(shared))
+        assert taken.exit_code == 0, taken.output + taken.stderr
+        before = old.dump()
+        for argv, what in ((["upgrade", "--rehearse"], "the rehearsal"),
+                           (["db", "move", "--to-dagster-home", str(empty), "--force"],
+                            "moving the database")):
+            result = run_cli(*argv, "--dir", str(shared))
+            assert result.exit_code == 1, result.output + result.stderr
+            assert error_line(result) == (
+                f"Error: no verified backup of {old.instance.target.where} in {shared} (the "
+                f"newest there is of {old.server.target(other_db).where}), and {what} needs "
+                "one; run `dagpg backup` (then `dagpg backups verify latest`) and try again")
+        assert old.dump() == before
+        with pg.connection(old.server.target(empty_db)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN "
+                        "('pg_catalog', 'information_schema')")
+            assert cur.fetchone()[0] == 0
+            cur.execute("CREATE TABLE someone_elses (x int)")
+        # A target holding one table is named exactly (no "..." for more that are not there).
+        result = run_cli("db", "move", "--to-dagster-home", str(empty), "--force", "--dir",
+                         str(old.backups))
+        assert result.exit_code == 1
+        assert error_line(result).startswith(
+            f"Error: the target database {old.server.target(empty_db).where} is not empty (it "
+            "holds someone_elses); give a new, empty database")
+    finally:
+        old.server.drop_database(other_db)
+        old.server.drop_database(empty_db)
+
+
 def test_rehearse_reports_the_change_and_leaves_the_live_database_as_it_was(old, monkeypatch):
     monkeypatch.setattr(inventory, "SPLIT_FROM", 1)  # half the runs' events in a second process
     before = old.dump()

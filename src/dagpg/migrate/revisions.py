@@ -7,7 +7,9 @@ touched. A revision the installed Dagster does not know means the source is newe
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import shutil
 import sqlite3
@@ -120,14 +122,29 @@ def upgrade_copy(files: SourceFiles, dest: Path) -> SourceLayout:
         f"storage:\n  sqlite:\n    base_dir: {base}\ntelemetry:\n  enabled: false\n",
         encoding="utf-8")
     log.info("upgrading a copy of the source in %s", base)
-    with DagsterInstance.from_config(str(dest)) as instance:
-        instance.upgrade()  # no print_fn: with one, Dagster draws tqdm bars on our stderr
+    with DagsterInstance.from_config(str(dest)) as instance, _dagster_output_to_log():
+        instance.upgrade()  # no print_fn: with one, Dagster draws more tqdm bars
         storage = instance.event_log_storage
         if isinstance(storage, SqliteEventLogStorage) and copied.shard_path("").exists():
             # Dagster's upgrade globs *.db and so never sees the hidden shard of run_id ''.
             with storage.run_connection("") as conn:
                 run_alembic_upgrade(get_alembic_config(_event_log_file()), conn, "")
     return copied
+
+
+@contextlib.contextmanager
+def _dagster_output_to_log():
+    """SqliteEventLogStorage.upgrade() prints to stdout ("Updating event log storage for N runs
+    on disk...", which would come before `--json`'s document) and draws a tqdm bar over the
+    run shards on stderr, print_fn or not: both go to the log instead of the kit's output."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        for text in (out.getvalue(), err.getvalue()):
+            if text.strip():
+                log.info("Dagster, upgrading the copy: %s", text.strip().replace("\r", "\n"))
 
 
 def _event_log_file() -> str:

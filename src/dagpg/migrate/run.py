@@ -240,7 +240,7 @@ class _Migration:
     def copy_compute_logs(self) -> None:
         with self.timer("logs"):
             state.set_phase(self.conn, self.mid, "logs")
-            self.say.start("logs", self.logs.files, "files")
+            self.say.start("logs", len(self.logs.files), "files")
             compute_logs.copy(self.conn, self.mid, self.logs, tick=self.say.tick)
 
     # -- 3. proof through Dagster's APIs on both instances ----------------------------------

@@ -14,10 +14,12 @@ class UpgradeRefusedError(UpgradeError):
 
 
 class NoVerifiedBackupError(UpgradeRefusedError):
-    def __init__(self, directory: str, what: str):
+    def __init__(self, directory: str, what: str, where: str = "", other: str | None = None):
+        of = f" of {where}" if other else ""
+        seen = f" (the newest there is of {other})" if other else ""
         super().__init__(
-            f"no verified backup in {directory}, and {what} needs one; run `dagpg backup` "
-            "(then `dagpg backups verify latest`) and try again")
+            f"no verified backup{of} in {directory}{seen}, and {what} needs one; run "
+            "`dagpg backup` (then `dagpg backups verify latest`) and try again")
         self.directory = directory
 
 

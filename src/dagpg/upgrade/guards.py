@@ -14,7 +14,7 @@ from dagpg.backup.errors import BackupCorruptError
 from dagpg.backup.folders import Folder, scan
 from dagpg.errors import DatabaseError
 from dagpg.heartbeats import read_heartbeats
-from dagpg.instance import Instance
+from dagpg.instance import Instance, PgTarget
 from dagpg.settings import KitSettings
 from dagpg.upgrade.errors import (
     NoVerifiedBackupError,
@@ -42,16 +42,23 @@ def refuse_while_running(instance: Instance, settings: KitSettings, *, force: bo
 
 
 def newest_verified_backup(instance: Instance, directory: Path, what: str) -> Folder:
-    """The newest backup in `directory` whose latest verification passed (the catalog's verdict,
-    else the check every backup passes when written), with its files intact."""
+    """The newest backup of this instance's database in `directory` whose latest verification
+    passed (the catalog's verdict, else the check every backup passes when written), with its
+    files intact. Backups of other databases in the same folder do not count: rehearsing or
+    moving on another instance's backup would prove nothing about this one."""
     rows = {}
     try:
         with pg.connection(instance.target) as conn:
             rows = catalog.rows_by_name(conn)
     except DatabaseError as exc:
         log.info("the backup catalog could not be read (%s); using the manifests", exc)
+    others = []
     for folder in reversed(scan(directory)):
         if folder.manifest is None:
+            continue
+        taken = of_database(folder.manifest)
+        if taken is not None and taken.identity()[:3] != instance.target.identity()[:3]:
+            others.append(taken.where)  # a shared backups folder: another instance's backup
             continue
         row = rows.get(folder.name)
         if row is not None and row.verify_status is not None:
@@ -64,7 +71,19 @@ def newest_verified_backup(instance: Instance, directory: Path, what: str) -> Fo
         if problems:
             raise BackupCorruptError(folder.name, problems[0])
         return folder
-    raise NoVerifiedBackupError(str(directory), what)
+    raise NoVerifiedBackupError(str(directory), what, instance.target.where,
+                                others[0] if others else None)
+
+
+def of_database(manifest: dict) -> PgTarget | None:
+    """The database a backup was taken of (host, port, database, user), from its manifest;
+    None when the manifest does not say."""
+    taken = manifest.get("instance") or {}
+    try:
+        return PgTarget(host=str(taken["host"]), port=int(taken["port"]),
+                        database=str(taken["database"]), user=str(taken.get("user", "")))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 UPGRADE_LOCK = 7_160_017  # beside backup/lock.py's 7_160_005: one upgrade or move at a time

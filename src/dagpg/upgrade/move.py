@@ -263,12 +263,13 @@ def _refuse_non_empty(conn: psycopg2.extensions.connection, target: Instance) ->
         cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
                     "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') "
                     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                    "AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1, 2 LIMIT 3")
+                    "AND n.nspname NOT LIKE 'pg\\_%%' ORDER BY 1, 2 LIMIT 4")
         found = [mf.table_key(s, t) for s, t in cur.fetchall()]
     if found:
+        more = ", ..." if len(found) > 3 else ""
         raise MoveRefusedError(
             f"the target database {target.target.where} is not empty (it holds "
-            f"{', '.join(found)}, ...); give a new, empty database (createdb -O "
+            f"{', '.join(found[:3])}{more}); give a new, empty database (createdb -O "
             f"{target.target.user} NAME) in {target.yaml_path}")
 
 
