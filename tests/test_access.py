@@ -486,6 +486,13 @@ def test_verify_passes_through_the_authenticated_proxy(stack):
         "permission (no launching, terminating, wiping); "
         f"http://127.0.0.1:{stack.admin_port}{ADMIN} grants launching")
     assert checks["access.loopback_only"]["status"] == "ok"
+    # The operators' webserver, asked on its own port: it serves the database's instance.
+    admin = f"http://127.0.0.1:{stack.admin_port}{ADMIN}"
+    version = checks["webserver.server_info"]["data"]["dagster_version"]
+    assert checks["admin_webserver.server_info"]["detail"] == (
+        f"{admin}/server_info runs Dagster {version}")
+    assert checks["admin_webserver.instance_id"]["detail"] == (
+        checks["webserver.instance_id"]["detail"])
     # nginx passes compressed WebSocket frames: the probe asked as a browser does, and inflated.
     assert checks["public.websocket"]["detail"].endswith("compressed (permessage-deflate)")
 
@@ -546,6 +553,22 @@ def test_verify_fails_when_viewers_reach_the_full_webserver(stack, tmp_path):
     assert checks["access.read_only"]["detail"].endswith(
         "more): viewers can change things; start the viewers' webserver with --read-only "
         "(dagpg render servy) and point the proxy's viewer path at it")
+
+
+def test_verify_fails_when_the_operators_webserver_is_down(stack, tmp_path):
+    """Nobody could launch a run, turn a schedule on or re-execute: a failed check, naming the
+    service, not a warning beside a healthy report."""
+    down = free_port()  # nothing listens here: the operators' webserver is stopped
+    config = write_config(tmp_path, viewer_port=stack.viewer_port, admin_port=down,
+                          htpasswd=Path("unused"))
+    result, _, checks = verify(stack, "--public-url", stack.url(VIEWER), config=config)
+    assert result.exit_code == 1, result.output
+    assert checks["admin_webserver.server_info"]["status"] == "fail"
+    assert checks["admin_webserver.server_info"]["detail"].endswith(
+        f"is dagster-webserver (DagsterWebserver) running on 127.0.0.1:{down}? check its "
+        "stdout/stderr logs")
+    assert checks["admin_webserver.instance_id"]["status"] == "skip"
+    assert checks["webserver.instance_id"]["status"] == "ok"
 
 
 def test_verify_fails_a_port_that_answers_beyond_loopback(stack):

@@ -45,7 +45,8 @@ def verify(webserver_url, public_url, public_user, servy_configs, heartbeat_max_
     the definitions load; the schedules run; the newest backup is recent; the disks have room;
     where the services' Python has arcpy, it imports with an ArcGIS license (dagpg.arcpy). With
     --public-url also: anonymous requests to the viewers' and the operators' paths are refused,
-    the viewers' webserver grants no permission, and no webserver port answers beyond loopback.
+    the viewers' webserver grants no permission, the operators' webserver answers and serves
+    the same instance, and no webserver port answers beyond loopback.
 
     Exit code 0 when no check failed (warnings and skipped checks pass), 1 when one failed,
     2 for a usage or configuration error.

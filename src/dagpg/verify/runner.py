@@ -82,28 +82,34 @@ def verify(
     public_base = (webserver.BaseUrl.parse(public_url, option="--public-url")
                    if public_url else None)
     authorization = access.basic_authorization(public_user)  # through the proxy's login
+    # With --public-url the deployment is checked: with dagpg.access, the operators' webserver
+    # too, which must serve the same instance (else operators launch into another history).
+    admin_base = (access.paths(settings, public_base).admin_direct if public_base else None)
 
     resolved = resolve_each(services)
     instance = _primary(services[DAEMON], resolved[DAEMON])
 
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="verify") as pool:
         db_future = (pool.submit(database.observe, instance, timeout=timeout)
                      if instance else None)
         web_future = pool.submit(webserver.observe, web_base, timeout=timeout)
         public_future = (pool.submit(webserver.observe, public_base, timeout=timeout,
                                      websocket=True, authorization=authorization)
                          if public_base else None)
+        admin_future = (pool.submit(webserver.observe, admin_base, timeout=timeout)
+                        if admin_base else None)
         db = db_future.result() if db_future else None
         backup_future = pool.submit(_observe_backup, instance) if db and db.reachable else None
         disk_future = (pool.submit(_observe_disk, instance, settings, db.reachable, timeout)
                        if instance and db else None)
         web = web_future.result()
         public = public_future.result() if public_future else None
+        admin = admin_future.result() if admin_future else None
         backup = backup_future.result() if backup_future else None
         disk = disk_future.result() if disk_future else None
 
     if db and db.reachable:
-        _reread_if_needed(instance, db, [w for w in (web, public) if w], timeout)
+        _reread_if_needed(instance, db, [w for w in (web, public, admin) if w], timeout)
         if db.status and db.status.at_head:
             _required_daemons(instance, db, web, services[DAEMON], resolved)
 
@@ -120,6 +126,7 @@ def verify(
         checks.instance_id("webserver", "Webserver instance", web, db),
         checks.heartbeats_match("webserver", "Webserver heartbeats", web, db, required),
         checks.definitions(web),
+        *_operators_webserver_checks(admin, db, dagster, settings.services.webserver),
         checks.server_info("public", "Public URL answers", public, dagster, public_hint),
         checks.instance_id("public", "Public page", public, db),
         checks.heartbeats_match("public", "Public GraphQL", public, db, required),
@@ -140,6 +147,21 @@ def verify(
         instance=instance.as_dict() if instance else None,
         services={role: s.as_dict() for role, s in services.items()},
     )
+
+
+def _operators_webserver_checks(admin: webserver.WebObservation | None,
+                                db: database.DbObservation | None, dagster: str,
+                                service: str) -> list[checks.CheckResult]:
+    """The operators' full webserver (dagpg.access), asked directly on its port: it answers and
+    serves the database's instance. None when there is none to ask (no --public-url, or access
+    control off)."""
+    if admin is None:
+        return []
+    return [
+        checks.server_info("admin_webserver", "Operators' webserver", admin, dagster,
+                           webserver_hint(service, admin.base)),
+        checks.instance_id("admin_webserver", "Operators' instance", admin, db),
+    ]
 
 
 _LIMITS = {"heartbeat_max_age_s": ("--max-heartbeat-age", "seconds"),
