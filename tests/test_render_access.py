@@ -220,6 +220,43 @@ def test_appcmd_never_gets_a_bare_colon_argument(files):
     assert "& $appcmd @Arguments" in script
 
 
+PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"  # PowerShell's CharTraits.cs, IsSingleQuote
+
+
+def ps_single_quoted(line: str, start: int) -> tuple[str, int]:
+    """The value of the single-quoted string opening at line[start], and where it ends, read as
+    PowerShell's tokenizer reads it: any of its four quote characters besides ' ends the string,
+    a doubled one stands for itself."""
+    assert line[start] in PS_SINGLE_QUOTES
+    out, i = [], start + 1
+    while i < len(line):
+        if line[i] in PS_SINGLE_QUOTES:
+            if i + 1 < len(line) and line[i + 1] in PS_SINGLE_QUOTES:
+                out.append(line[i + 1])
+                i += 2
+                continue
+            return "".join(out), i
+        out.append(line[i])
+        i += 1
+    raise AssertionError(f"unterminated string: {line}")
+
+
+def test_a_name_with_a_typographic_apostrophe_stays_inside_its_powershell_string(tmp_path):
+    """O’Brien as Word or Outlook types it: PowerShell ends a '...' string at ’ too, so the
+    setup script's own line about who may look would stop parsing there."""
+    name = "CORP\\O\u2019Brien"
+    files = rendered(tmp_path, ACCESS.replace("users: ['CORP\\jdoe', viewer]",
+                                              f"users: ['{name}', viewer]"))
+    config = ET.fromstring(files["iis/web.config"])
+    assert name in [a.get("users") for a in config.iter("add")]
+    line = next(ln for ln in files["iis/iis_setup.ps1"].decode().splitlines()
+                if ln.startswith("Write-Host '/dagster:"))
+    value, end = ps_single_quoted(line, len("Write-Host "))
+    assert value == (f"/dagster: CORP\\GIS Operators, CORP\\GIS Analysts, operator, {name}, "
+                     "viewer (viewers)")
+    assert end == len(line) - 1, line
+
+
 def test_the_check_catches_the_old_forwarding(files):
     """The script as it was (#6360's failure): the test above would have failed on it."""
     old = files["iis/iis_setup.ps1"].decode() + (

@@ -40,9 +40,16 @@ ACCESS_FEATURES = (("Web-Windows-Auth", "IIS-WindowsAuthentication"),
                    ("Web-Url-Auth", "IIS-URLAuthorization"))
 
 
+# PowerShell's tokenizer ends a single-quoted string at any of these, not only at ' (U+2018,
+# U+2019, U+201A, U+201B: SpecialChars / IsSingleQuote in PowerShell's
+# engine/parser/CharTraits.cs); a name typed as O’Brien would end the string early.
+_PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
 def _ps(value: str) -> str:
-    """A PowerShell single-quoted string."""
-    return "'" + value.replace("'", "''") + "'"
+    """A PowerShell single-quoted string: every single-quote character doubled, as PowerShell's
+    own CodeGeneration.EscapeSingleQuotedStringContent does."""
+    return "'" + "".join(c * 2 if c in _PS_SINGLE_QUOTES else c for c in value) + "'"
 
 
 def _array(*items: str) -> str:
