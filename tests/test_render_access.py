@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dagpg.render import servy
 from dagpg.render.bundle import render_files
 from dagpg.render.layout import layout_from
 from dagpg.settings import KitSettings, load_settings
+from tests.test_proxy import tool
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Pa55;w=rd"
@@ -337,6 +339,30 @@ def test_nginx_names_the_htpasswd_file_and_holds_no_password(tmp_path):
     assert "auth_request /_dagpg_access-operators;" in conf
 
 
+def test_names_with_an_apostrophe_or_an_ampersand_render_for_iis_and_nginx(tmp_path):
+    """Active Directory allows ' and & in account names (O'Brien, GIS & Planning): each proxy's
+    own parser reads them back (web.config as XML, nginx -t on the rendered nginx)."""
+    htpasswd = tmp_path / "dagster.htpasswd"
+    htpasswd.write_text("o'brien:$apr1$abc$0123456789abcdefghijk.\n")
+    htpasswd.chmod(0o644)
+    files = rendered(tmp_path, """  access:
+    viewers: {groups: ['CORP\\GIS & Planning'], users: ['CORP\\O''Brien']}
+    operators: {users: ["o'brien"]}
+""" + f"    htpasswd: {htpasswd}\n")
+    adds = ET.fromstring(files["iis/web.config"]).iter("add")
+    allowed = {(a.get("roles"), a.get("users")) for a in adds if a.get("accessType") == "Allow"}
+    assert {("CORP\\GIS & Planning", ""), ("", "CORP\\O'Brien"), ("", "o'brien")} <= allowed
+    assert "CORP\\O''Brien" in files["iis/iis_setup.ps1"].decode()
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    for name in ("nginx/nginx.conf", "nginx/dagster.conf"):
+        (folder / Path(name).name).write_bytes(files[name])
+    assert '"o\'brien" 1;' in files["nginx/dagster.conf"].decode()
+    checked = subprocess.run([tool("nginx", "DAGPG_NGINX"), "-t", "-p", str(folder), "-c",
+                              "nginx.conf", "-e", "error.log"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_render_all_leaves_nginx_out_without_an_htpasswd_file(tmp_path):
     assert not any(rel.startswith("nginx/") for rel in rendered(tmp_path))
 
@@ -370,7 +396,7 @@ def test_render_all_leaves_nginx_out_without_an_htpasswd_file(tmp_path):
      "create one (`htpasswd -c FILE NAME`, or `openssl passwd -apr1`) and name it there"),
     ("all", "  access:\n    viewers: {users: ['a,b']}\n",
      "dagpg.access.viewers.users: 'a,b' is not a usable account name (empty, or holds a comma, "
-     "quote, < > or &); write e.g. CORP\\GIS Analysts"),
+     "a double quote, < or >); write e.g. CORP\\GIS Analysts"),
 ])
 def test_settings_that_cannot_be_rendered_are_one_line_and_write_nothing(tmp_path, what, text,
                                                                          message):

@@ -21,7 +21,11 @@ from dagpg.settings import KitSettings, Principals
 
 VIEWERS, OPERATORS, EVERYONE = "viewers", "operators", "everyone"
 # IIS URL Authorization takes comma-separated lists (users="a, b"); nginx map keys are quoted.
-_PRINCIPAL = re.compile(r"^[^,\"'<>&\x00-\x1f]+$")
+# ' and & stay allowed: Active Directory account names may hold them (O'Brien, GIS & Planning);
+# web.config escapes them (quoteattr), iis_setup.ps1 doubles quotes (_ps), nginx quotes its keys.
+# What AD does not allow in a logon name either ("Naming conventions in Active Directory",
+# learn.microsoft.com: " , < > among them) is refused.
+_PRINCIPAL = re.compile(r"^[^,\"<>\x00-\x1f]+$")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def access_from(settings: KitSettings, where: str, *, prefix: str, port: int,
                 if not name.strip() or not _PRINCIPAL.match(name):
                     raise RenderError(
                         f"{where}dagpg.access.{role}.{kind}: {name!r} is not a usable account "
-                        "name (empty, or holds a comma, quote, < > or &); write e.g. "
+                        "name (empty, or holds a comma, a double quote, < or >); write e.g. "
                         r"CORP\GIS Analysts")
     admin = acc.admin_path_prefix.rstrip("/")
     if not prefix_pattern.match(admin):
