@@ -191,13 +191,47 @@ def test_verify_waits_for_the_first_heartbeats(dagster_home):
     said: list[str] = []
     writer = write_heartbeats(dagster_home.home, delay_s=1.5)
     started = time.monotonic()
-    report = verify_full(KitSettings(), wait_s=120, poll_s=0.5, progress=said.append,
+    # No webserver listens at this URL: once the heartbeats are there, it waits for that too,
+    # until the end of the wait.
+    report = verify_full(KitSettings(), wait_s=6, poll_s=0.5, progress=said.append,
                          webserver_url=f"http://127.0.0.1:{free_port()}")
     writer.join(timeout=30)
     assert heartbeats(report)[0] == "ok", heartbeats(report)
-    assert 1.5 <= time.monotonic() - started < 60
+    assert 6 <= time.monotonic() - started < 60
     assert said and said[0].startswith("waiting for the daemon's heartbeats (")
     assert "s left): no heartbeat from " in said[0]
+    assert said[-1].startswith("waiting for the webserver to answer ("), said[-1]
+
+
+def test_verify_waits_for_a_webserver_that_starts_listening(dagster_home):
+    """A webserver service just started does not listen yet: --wait checks again until it
+    answers (here: anything at all, an HTTP 404, which ends the wait and fails at once)."""
+    import http.server
+    import threading
+
+    port = free_port()
+    write_heartbeats(dagster_home.home, delay_s=0).join(timeout=30)
+    server: list[http.server.HTTPServer] = []
+
+    def listen_later():
+        time.sleep(2)
+        server.append(http.server.HTTPServer(("127.0.0.1", port),
+                                             http.server.BaseHTTPRequestHandler))
+        server[0].serve_forever(poll_interval=0.1)
+
+    threading.Thread(target=listen_later, daemon=True).start()
+    said: list[str] = []
+    started = time.monotonic()
+    try:
+        report = verify_full(KitSettings(), wait_s=120, poll_s=0.5, progress=said.append,
+                             webserver_url=f"http://127.0.0.1:{port}")
+    finally:
+        if server:
+            server[0].shutdown()
+    assert 2 <= time.monotonic() - started < 60
+    assert said and all(s.startswith("waiting for the webserver to answer (") for s in said)
+    answers = next(c for c in report.checks if c.name == "webserver.server_info")
+    assert answers.status == "fail" and "HTTP 501" in answers.detail, answers
 
 
 def test_the_wait_is_bounded(dagster_home):

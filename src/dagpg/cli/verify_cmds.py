@@ -31,8 +31,9 @@ from dagpg.verify.full import verify_full
               default=None, help="Oldest acceptable newest backup. Default: "
                                  "dagpg.verify.backup_max_age_h (26).")
 @click.option("--wait", "wait_s", metavar="SECONDS", type=float, default=0.0,
-              help="While the daemon has no fresh heartbeats (it was just started), check "
-                   "again every 5 s for up to SECONDS. Default: 0, judge at once.")
+              help="While the daemon has no fresh heartbeats or a webserver does not answer "
+                   "(they were just started), check again every 5 s for up to SECONDS. "
+                   "Default: 0, judge at once.")
 @dagster_home_option
 @json_option
 def verify(webserver_url, public_url, public_user, servy_configs, heartbeat_max_age_s,

@@ -164,7 +164,8 @@ def server_info(prefix: str, title: str, web: WebObservation | None, installed: 
         if " answered HTTP 404" in web.info_error:
             hint = ("is the path prefix right? (the URL's path must be dagster-webserver's "
                     "--path-prefix)")
-        return CheckResult(name, title, FAIL, f"{web.info_error}; {hint}", {"url": url})
+        return CheckResult(name, title, FAIL, f"{web.info_error}; {hint}",
+                           {"url": url, "unreachable": web.unreachable})
     version = web.info.get("dagster_version")
     data = {"url": url, **web.info}
     if version != installed:

@@ -1,5 +1,5 @@
 """`verify()` plus what a freshly set-up server needs: a bounded wait for the daemon's first
-heartbeats (a daemon just started has written none yet), and the ArcPy license check in the
+heartbeats and for the webservers to listen (services just started), and the ArcPy license check in the
 services' Python (`arcpy_license`), run alongside."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dagpg.verify.runner import verify
 from dagpg.verify.services import DAEMON, service_homes
 
 HEARTBEATS = "daemon.heartbeats"
+DATABASE = "database"
 POLL_S = 5.0
 
 
@@ -32,8 +33,9 @@ def verify_full(
     servy_configs: Sequence[str | os.PathLike] = (),
     **options,
 ) -> Report:
-    """`verify()`; while the daemon's heartbeats fail, check again every `poll_s` for up to
-    `wait_s` more seconds (nothing else is waited for: a wrong password fails at once); where
+    """`verify()`; while the daemon's heartbeats fail or a webserver does not answer yet, check
+    again every `poll_s` for up to `wait_s` more seconds (nothing else is waited for: a wrong
+    password or a webserver answering an error fails at once); where
     the services' Python has arcpy, whether it imports with a license."""
     if not wait_s >= 0:  # also refuses NaN
         raise ConfigurationError(f"wait_s (--wait) must be 0 or more, not {wait_s:g}; give a "
@@ -48,7 +50,7 @@ def verify_full(
         while (detail := _waiting_for(report)) and time.monotonic() < deadline:
             left = deadline - time.monotonic()
             if progress:
-                progress(f"waiting for the daemon's heartbeats ({left:.0f} s left): {detail}")
+                progress(f"waiting for {detail[0]} ({left:.0f} s left): {detail[1]}")
             time.sleep(max(0.0, min(poll_s, left)))
             report = verify(settings, **kwargs)
         extra = licensed.result()
@@ -58,7 +60,17 @@ def verify_full(
     return report
 
 
-def _waiting_for(report: Report) -> str | None:
-    """The heartbeat check's detail while it fails, else None."""
-    found = next((c for c in report.checks if c.name == HEARTBEATS), None)
-    return found.detail if found is not None and found.status == FAIL else None
+def _waiting_for(report: Report) -> tuple[str, str] | None:
+    """What a service just started has not done yet, as (what, the check's detail): the
+    daemon's heartbeats while their check fails, or a webserver that does not answer at all.
+    Nothing while the database check fails: a wrong password is not cured by waiting."""
+    if any(c.name == DATABASE and c.status == FAIL for c in report.checks):
+        return None
+    for check in report.checks:
+        if check.status != FAIL:
+            continue
+        if check.name == HEARTBEATS:
+            return "the daemon's heartbeats", check.detail
+        if check.name.endswith(".server_info") and (check.data or {}).get("unreachable"):
+            return "the webserver to answer", check.detail
+    return None
