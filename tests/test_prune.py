@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from dagpg import pg
 from dagpg.cli import cli
 from dagpg.localdb import free_port
-from dagpg.prune import events, prune_history
+from dagpg.prune import events, prune_history, tables
 from dagpg.settings import load_settings
 from tests import pgharness, processes, prune_support
 from tests.backup_support import error_line
@@ -308,6 +308,41 @@ def test_a_table_locked_by_another_vacuum_is_left_to_it(history):
     assert set(report.vacuumed) == set(report.sizes_before) - {"run_tags"}
     assert report.notes == ["VACUUM skipped run_tags: another session held its lock past "
                             "lock_timeout; autovacuum will do it"]
+
+
+def test_killed_in_its_vacuum_the_next_prune_vacuums(history):
+    """SIGKILLed while its VACUUM of the first table waits for a lock (every delete committed):
+    the server finishes that one statement, the other tables are left. The next prune finds
+    nothing to delete, and still owes them their VACUUM (ANALYZE)."""
+    config = history.home.parent / "config" / "config.yml"
+    config.write_text(config.read_text().replace("batch_rows:", "lock_timeout_ms: 120000\n"
+                                                 "    batch_rows:"))
+    waiting = ("SELECT 1 FROM pg_stat_activity WHERE application_name = 'dagpg prune' "
+               "AND wait_event_type = 'Lock' AND query LIKE 'VACUUM%%'")
+    with pg.connection(history.target) as locker, locker.cursor() as cur:
+        cur.execute("LOCK TABLE event_logs IN SHARE UPDATE EXCLUSIVE MODE")  # what VACUUM takes
+        proc = subprocess.Popen([str(DAGPG), "prune", "--yes"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            processes.wait_for(
+                lambda: prune_support.rows(history.target, waiting) or proc.poll() is not None,
+                timeout=120, what="the prune's VACUUM waiting for its lock", interval=0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+    def vacuumed() -> set[str]:  # by hand (VACUUM), not by autovacuum
+        return {t for (t,) in prune_support.rows(
+            history.target, "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT "
+                            "NULL AND relname = ANY(%s)", (list(tables.TOUCHED),))}
+
+    assert "runs" not in vacuumed() and "run_tags" not in vacuumed()
+    report = prune_history(history.instance(), load_settings(dagster_home=history.home))
+    assert report.complete and report.transactions == 0
+    assert set(report.vacuumed) == set(tables.TOUCHED) == vacuumed()
+    again = prune_history(history.instance(), load_settings(dagster_home=history.home))
+    assert again.vacuumed == []  # paid: a prune with nothing to do does not VACUUM
 
 
 def test_bad_input_is_one_line_and_deletes_nothing(history, pg_server):

@@ -28,7 +28,7 @@ import psycopg2.errors
 
 from dagpg.dbtables import has_table
 from dagpg.progress import ProgressFn
-from dagpg.prune import events, logfiles
+from dagpg.prune import events, logfiles, tables
 from dagpg.prune.errors import PruneIncompleteError
 from dagpg.prune.report import PruneReport
 from dagpg.wording import count as counted
@@ -66,6 +66,7 @@ class Deleter:
         self.say = say
         self.batch = report.policy.batch_rows
         self.has_slots = _exists(conn, "concurrency_slots")
+        self.vacuum_owed = False  # recorded before the first delete (tables.owe_vacuum)
 
     # -- logs tier -----------------------------------------------------------------------
 
@@ -185,6 +186,9 @@ class Deleter:
 
     def _commit(self, work: Callable) -> _Done:
         """Run `work(cursor)` in one transaction, retrying what a busy instance may cause."""
+        if not self.vacuum_owed:
+            tables.owe_vacuum(self.conn)
+            self.vacuum_owed = True
         for attempt in range(1, RETRIES + 1):
             try:
                 with self.conn.cursor() as cur:

@@ -80,18 +80,20 @@ def prune_history(
             logfiles.sweep_orphans(report.log_files, conn, dry_run=True)
             report.complete = True
             return report
+        owed = tables.vacuum_owed(conn)  # a former prune was stopped before its VACUUM
         with logfiles.Remover(report.log_files) as files:
             deleter = Deleter(conn, report, say, files)
             deleter.logs(plan.logs_runs)
             deleter.runs(plan.delete_runs)
         logfiles.sweep_orphans(report.log_files, conn)
-        if report.transactions:
+        if report.transactions or owed:
             say("VACUUM (ANALYZE) of the pruned tables")
             touched = [t for t in tables.TOUCHED if t in report.sizes_before]
             report.vacuumed, busy = tables.vacuum(conn, touched)
             if busy:
                 report.notes.append(f"VACUUM skipped {', '.join(busy)}: another session held "
                                     "its lock past lock_timeout; autovacuum will do it")
+            tables.vacuum_paid(conn)
         report.sizes_after = tables.sizes(conn)
         report.estimated_bytes = _freed(report, per_row)
         report.complete = not report.log_files.errors

@@ -13,6 +13,11 @@ log = logging.getLogger(__name__)
 TOUCHED = ("event_logs", "asset_event_tags", "asset_check_executions", "run_tags", "runs",
            "concurrency_slots", "pending_steps")
 
+# A row in Dagster's key-value table (kvs: any key, no foreign keys) from the first delete of a
+# prune until its VACUUM: a prune killed in between leaves it, and the next one, finding nothing
+# left to delete, still owes the tables their VACUUM.
+VACUUM_OWED_KEY = "dagpg/prune/vacuum_owed"
+
 
 def sizes(conn, tables=TOUCHED) -> dict[str, int]:
     """Bytes on disk of each table that exists (heap, TOAST and indexes)."""
@@ -42,6 +47,32 @@ def row_bytes(conn, tables=TOUCHED, *, exact: bool = False) -> dict[str, float]:
             found[table] = size / rows if rows > 0 else 0.0
     conn.commit()
     return found
+
+
+def owe_vacuum(conn) -> None:
+    """Record (committed) that the touched tables have dead rows a VACUUM has not seen yet."""
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO kvs (key, value) VALUES (%s, now()::text) "
+                    "ON CONFLICT (key) DO NOTHING", (VACUUM_OWED_KEY,))
+    conn.commit()
+
+
+def vacuum_owed(conn) -> bool:
+    """Whether a former prune deleted rows and was stopped before its VACUUM."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('kvs') IS NOT NULL")
+        found = cur.fetchone()[0]
+        if found:
+            cur.execute("SELECT 1 FROM kvs WHERE key = %s", (VACUUM_OWED_KEY,))
+            found = cur.fetchone() is not None
+    conn.commit()
+    return found
+
+
+def vacuum_paid(conn) -> None:
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM kvs WHERE key = %s", (VACUUM_OWED_KEY,))
+    conn.commit()
 
 
 def vacuum(conn, tables) -> tuple[list[str], list[str]]:
