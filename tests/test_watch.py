@@ -499,6 +499,29 @@ def test_verify_judges_the_keepers_heartbeat():
     assert checks.keeper(None).status == checks.SKIP
 
 
+def test_verify_points_at_the_configured_keeper_service_and_log(dagster_home, tmp_path):
+    """A stale keeper: `dagpg verify` names the keeper's service (dagpg.services.keeper) and
+    its log (dagpg.watch.log_dir) as config.yml has them, not the defaults."""
+    from dagpg import pg
+
+    config = tmp_path / "config" / "config.yml"
+    config.parent.mkdir()
+    config.write_text(f"dagpg:\n  access:\n    enabled: false\n  webserver:\n    port: "
+                      f"{free_port()}\n  services:\n    keeper: GisKeeper\n  watch:\n"
+                      "    log_dir: var/keeper-logs\n", encoding="utf-8")
+    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO dagpg.keeper (host, pid, started_at, last_pass_at, interval_s, "
+                    "passes, state) VALUES ('gis-server', 4242, now() - interval '1 hour', "
+                    "now() - interval '10 minutes', 30, 9, '{}')")
+    result = CliRunner().invoke(cli, ["verify", "--json"], env={
+        "DAGPG_CONFIG": str(config), "DAGSTER_HOME": str(dagster_home.home)})
+    keeper = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["keeper.heartbeat"]
+    assert keeper["status"] == "fail"
+    assert keeper["detail"].endswith(
+        "is the GisKeeper service running? see its log, "
+        f"{tmp_path / 'var' / 'keeper-logs' / 'watch.jsonl'}"), keeper["detail"]
+
+
 def test_a_dead_keepers_lingering_session_is_taken_over(dagster_home, supervisor, tmp_path):
     """After a reboot, PostgreSQL may keep the old keeper's session (and its lock) until TCP
     keepalive notices: the new keeper of the same host ends it. A live holder is left alone."""
