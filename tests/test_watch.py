@@ -237,6 +237,20 @@ def test_bad_configuration_is_one_line_and_exit_2(dagster_home, supervisor, tmp_
     assert (code, len(out.splitlines())) == (2, 1) and "systemctl not found" in out
 
 
+def test_a_service_manager_that_does_not_answer_says_what_to_do(dagster_home, tmp_path):
+    """supervisorctl pointed at a supervisord that is not running: one line, what to do."""
+    conf = tmp_path / "sv.conf"
+    conf.write_text(f"[supervisorctl]\nserverurl=unix://{tmp_path / 'none.sock'}\n",
+                    encoding="utf-8")
+    code, out = watch_check(write_config(
+        tmp_path / "f.yml", service_manager="supervisord", supervisor_config=str(conf),
+        supervisorctl=str(Path(sys.executable).parent / "supervisorctl")), dagster_home)
+    assert (code, out) == (2, "Error: cannot ask supervisord about service 'DagsterWebserver': "
+                              f"unix://{tmp_path / 'none.sock'} no such file; start "
+                              "supervisord, or set dagpg.watch.supervisor_config to the config "
+                              "file of the supervisord that runs the services\n")
+
+
 def test_a_database_without_the_keepers_tables_is_refused(empty_dagster_home, supervisor,
                                                          tmp_path):
     config = write_config(tmp_path / "e.yml", service_manager="supervisord",
