@@ -237,6 +237,20 @@ def test_bad_configuration_is_one_line_and_exit_2(dagster_home, supervisor, tmp_
     assert (code, len(out.splitlines())) == (2, 1) and "systemctl not found" in out
 
 
+def test_a_service_manager_that_does_not_answer_says_what_to_do(dagster_home, tmp_path):
+    """supervisorctl pointed at a supervisord that is not running: one line, what to do."""
+    conf = tmp_path / "sv.conf"
+    conf.write_text(f"[supervisorctl]\nserverurl=unix://{tmp_path / 'none.sock'}\n",
+                    encoding="utf-8")
+    code, out = watch_check(write_config(
+        tmp_path / "f.yml", service_manager="supervisord", supervisor_config=str(conf),
+        supervisorctl=str(Path(sys.executable).parent / "supervisorctl")), dagster_home)
+    assert (code, out) == (2, "Error: cannot ask supervisord about service 'DagsterWebserver': "
+                              f"unix://{tmp_path / 'none.sock'} no such file; start "
+                              "supervisord, or set dagpg.watch.supervisor_config to the config "
+                              "file of the supervisord that runs the services\n")
+
+
 def test_a_database_without_the_keepers_tables_is_refused(empty_dagster_home, supervisor,
                                                          tmp_path):
     config = write_config(tmp_path / "e.yml", service_manager="supervisord",
@@ -497,6 +511,29 @@ def test_verify_judges_the_keepers_heartbeat():
         checks.FAIL, "the keeper on gis-server (pid 4242) last passed 91 s ago (limit 3 x 30 s): "
         "is the DagsterKeeper service running? see its log, reports/logs/watch.jsonl")
     assert checks.keeper(None).status == checks.SKIP
+
+
+def test_verify_points_at_the_configured_keeper_service_and_log(dagster_home, tmp_path):
+    """A stale keeper: `dagpg verify` names the keeper's service (dagpg.services.keeper) and
+    its log (dagpg.watch.log_dir) as config.yml has them, not the defaults."""
+    from dagpg import pg
+
+    config = tmp_path / "config" / "config.yml"
+    config.parent.mkdir()
+    config.write_text(f"dagpg:\n  access:\n    enabled: false\n  webserver:\n    port: "
+                      f"{free_port()}\n  services:\n    keeper: GisKeeper\n  watch:\n"
+                      "    log_dir: var/keeper-logs\n", encoding="utf-8")
+    with pg.connection(dagster_home.target) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO dagpg.keeper (host, pid, started_at, last_pass_at, interval_s, "
+                    "passes, state) VALUES ('gis-server', 4242, now() - interval '1 hour', "
+                    "now() - interval '10 minutes', 30, 9, '{}')")
+    result = CliRunner().invoke(cli, ["verify", "--json"], env={
+        "DAGPG_CONFIG": str(config), "DAGSTER_HOME": str(dagster_home.home)})
+    keeper = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["keeper.heartbeat"]
+    assert keeper["status"] == "fail"
+    assert keeper["detail"].endswith(
+        "is the GisKeeper service running? see its log, "
+        f"{tmp_path / 'var' / 'keeper-logs' / 'watch.jsonl'}"), keeper["detail"]
 
 
 def test_a_dead_keepers_lingering_session_is_taken_over(dagster_home, supervisor, tmp_path):

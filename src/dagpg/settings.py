@@ -12,7 +12,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -203,6 +203,8 @@ class Watch(_Section):
     systemctl: str = "systemctl"
     supervisorctl: str = "supervisorctl"
     supervisor_config: str = ""  # supervisorctl -c FILE; empty: supervisorctl's own search
+
+    LOG_FILE: ClassVar[str] = "watch.jsonl"  # in log_dir, rotated
 
     @field_validator("service_manager")
     @classmethod

@@ -73,6 +73,9 @@ class ServiceManager(ABC):
     kind: str = ""
     program_setting: str = ""  # the dagpg.watch key naming the program
     permission_hint: str = "run the keeper as a user allowed to restart these services"
+    # When the manager does not answer at all: what to do.
+    unreachable_hint: str = ("is it what runs the services on this machine? otherwise set "
+                             "dagpg.watch.service_manager (or --service-manager)")
 
     def __init__(self, program: str):
         self.program = program
@@ -112,7 +115,8 @@ class ServiceManager(ABC):
                     f"{self.permission_hint}")
             if state.status == UNKNOWN:
                 raise ServiceManagerError(
-                    f"cannot ask {self.kind} about service {name!r}: {state.detail}")
+                    f"cannot ask {self.kind} about service {name!r}: {state.detail}; "
+                    f"{self.unreachable_hint}")
         self.check_permission()
 
     def restart(self, name: str) -> RestartResult:

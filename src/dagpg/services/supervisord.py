@@ -30,6 +30,8 @@ class Supervisord(ServiceManager):
     program_setting = "supervisorctl"
     permission_hint = ("give the keeper supervisorctl's credentials ([supervisorctl] username "
                        "and password in the file dagpg.watch.supervisor_config names)")
+    unreachable_hint = ("start supervisord, or set dagpg.watch.supervisor_config to the config "
+                        "file of the supervisord that runs the services")
 
     def __init__(self, program: str = "supervisorctl", config: str = ""):
         super().__init__(program)

@@ -402,6 +402,8 @@ def backup(obs: BackupObservation | None, max_age_h: float,
 class KeeperObservation:
     rows: list[Any] = field(default_factory=list)  # dagpg.verify.keeper.KeeperRow, newest first
     error: str | None = None
+    service: str = "DagsterKeeper"  # dagpg.services.keeper
+    log: str = "reports/logs/watch.jsonl"  # in dagpg.watch.log_dir
 
 
 def keeper(obs: KeeperObservation | None, now: datetime | None = None) -> CheckResult:
@@ -424,7 +426,7 @@ def keeper(obs: KeeperObservation | None, now: datetime | None = None) -> CheckR
         return CheckResult(
             name, title, FAIL,
             f"{where} last passed {age:.0f} s ago (limit 3 x {row.interval_s:g} s): is the "
-            "DagsterKeeper service running? see its log, reports/logs/watch.jsonl", data)
+            f"{obs.service} service running? see its log, {obs.log}", data)
     gave_up = row.state.get("gave_up") or {}
     if gave_up:
         listed = ", ".join(f"{svc} ({info.get('restarts')} restarts in the last hour)"

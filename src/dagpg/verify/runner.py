@@ -134,7 +134,7 @@ def verify(
         checks.schedules(web, cfg.schedules, start=lambda names: hints.schedule_start(
             names, services[WEBSERVER], instance.home if instance else None)),
         checks.backup(backup, max_age_h),
-        checks.keeper(_observe_keeper(instance)
+        checks.keeper(_observe_keeper(instance, settings)
                       if db and db.reachable and db.status and db.status.at_head else None),
         checks.disk(disk, settings.retention),
     ]
@@ -211,9 +211,11 @@ def webserver_check(url: str, name: str, *, timeout: float
     return result, web
 
 
-def _observe_keeper(instance: Instance | None) -> checks.KeeperObservation:
+def _observe_keeper(instance: Instance | None, settings: KitSettings) -> checks.KeeperObservation:
     rows, error = _attempt("reading the keeper's heartbeat", lambda: read_keepers(instance))
-    return checks.KeeperObservation(rows=rows or [], error=error)
+    log = settings.resolve(settings.watch.log_dir) / settings.watch.LOG_FILE
+    return checks.KeeperObservation(rows=rows or [], error=error,
+                                    service=settings.services.keeper, log=str(log))
 
 
 def _attempt(doing: str, read: Callable[[], T]) -> tuple[T | None, str | None]:

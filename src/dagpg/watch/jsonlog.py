@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from dagpg.errors import ConfigurationError
+from dagpg.settings import Watch
 
-FILE_NAME = "watch.jsonl"
+FILE_NAME = Watch.LOG_FILE
 
 
 class JsonLog:
