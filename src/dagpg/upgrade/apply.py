@@ -79,7 +79,8 @@ def apply_upgrade(
     progress: ProgressFn | None = None,
 ) -> ApplyReport:
     """Upgrade the live instance's schemas to the installed Dagster's head, with a way back."""
-    with guards.upgrade_lock(instance):
+    with guards.upgrade_lock(instance), pg.lost_connection(instance.target,
+                                                          "applying the upgrade"):
         return _apply(instance, settings, backup_directory(settings, directory), force,
                       progress or (lambda _msg: None))
 
@@ -280,7 +281,8 @@ def rollback_upgrade(
     saved = (rec or {}).get("from_versions")
     versions = (record.Versions(saved["dagster"], saved.get("dagster_postgres"), saved["source"])
                 if saved else record.writer_versions(folder_dir, revision))
-    with guards.upgrade_lock(instance):
+    with guards.upgrade_lock(instance), pg.lost_connection(instance.target,
+                                                          "rolling back the upgrade"):
         guards.refuse_while_running(instance, settings, force=force,
                                     what="`dagpg upgrade --rollback`")
         restored = restore_backup(instance, settings, folder.name, directory=folder_dir,
