@@ -140,3 +140,16 @@ def test_the_rehearsal_renders_change_steps_and_times(capsys):
         "history            8 runs, 3 ticks",
         "checks             every one equal after the migration",
     ]
+
+
+def test_a_rollback_names_the_kind_of_backup_it_restored(capsys):
+    """--rollback --backup may name any backup: the nightly one is not called pre-upgrade."""
+    from dagpg.cli.upgrade_cmds import _render_rollback
+    from dagpg.upgrade.apply import RollbackReport
+
+    for kind, label in (("pre-upgrade", "pre-upgrade backup"), ("cli", "backup")):
+        _render_rollback(RollbackReport(
+            backup="20261201T013000Z", revision="7e2f3204cf8e", safety_backup=None, rows=9,
+            duration_s=1.0, versions=None, next_steps=[], kind=kind), as_json=False)
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"restored       {label} 20261201T013000Z (Dagster schema 7e2f3204cf8e)")
