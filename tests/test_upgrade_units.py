@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from dagpg.backup.retention import Candidate, plan_retention
 from dagpg.instance import Instance, PgTarget
 from dagpg.upgrade import revisions
@@ -153,3 +155,33 @@ def test_a_rollback_names_the_kind_of_backup_it_restored(capsys):
             duration_s=1.0, versions=None, next_steps=[], kind=kind), as_json=False)
         assert capsys.readouterr().out.splitlines()[0] == (
             f"restored       {label} 20261201T013000Z (Dagster schema 7e2f3204cf8e)")
+
+
+def test_a_source_naming_its_database_by_postgres_url_is_told_to_change_that_url(tmp_path):
+    """dagster.yaml may name the database with `postgres_url` (a value or {env: NAME}): the
+    keys to change are not postgres_db's, which that file does not have; never a password."""
+    from dagpg.instance import resolve_instance
+
+    def home(name: str, url_yaml: str, env: dict[str, str]) -> Instance:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "dagster.yaml").write_text(
+            f"storage:\n  postgres:\n    postgres_url: {url_yaml}\n")
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            return resolve_instance(folder)
+
+    old_url = "postgresql://dagster:s3cret@old-db:5432/dagster"
+    new = home("new", "postgresql://dagster:n3w@new-db:5433/dagster", {})
+    literal = home("literal", old_url, {})
+    assert yaml_changes(literal, new) == [(
+        "storage.postgres.postgres_url", "postgresql://dagster:***@old-db:5432/dagster",
+        "postgresql://dagster:***@new-db:5433/dagster (the password in place of ***)")]
+    from_env = home("env", "{env: DAGSTER_PG_URL}", {"DAGSTER_PG_URL": old_url})
+    changes = yaml_changes(from_env, new)
+    assert changes == [(
+        "storage.postgres.postgres_url (environment variable DAGSTER_PG_URL)",
+        "postgresql://dagster:***@old-db:5432/dagster",
+        "postgresql://dagster:***@new-db:5433/dagster (the password in place of ***)")]
+    assert "s3cret" not in repr(changes) and "n3w" not in repr(changes)
