@@ -185,3 +185,15 @@ def test_a_source_naming_its_database_by_postgres_url_is_told_to_change_that_url
         "postgresql://dagster:***@old-db:5432/dagster",
         "postgresql://dagster:***@new-db:5433/dagster (the password in place of ***)")]
     assert "s3cret" not in repr(changes) and "n3w" not in repr(changes)
+
+
+def test_a_fresh_heartbeat_says_when_a_stopped_daemons_heartbeats_turn_stale():
+    """Dagster deletes no heartbeat when its daemon stops: right after the services are stopped
+    the refusal says how long until the guard lets the command through (or --force)."""
+    from dagpg.upgrade.errors import ServicesRunningError
+
+    message = str(ServicesRunningError("SCHEDULER", 4.2, 120, "DagsterDaemon, DagsterWebserver",
+                                       "`dagpg upgrade --apply`"))
+    assert message.endswith("run `dagpg upgrade --apply` again, or, if they are already "
+                            "stopped, pass --force (or wait 116s: a stopped daemon's "
+                            "heartbeats turn stale)")
