@@ -23,6 +23,18 @@ class NoVerifiedBackupError(UpgradeRefusedError):
         self.directory = directory
 
 
+class NewestBackupCorruptError(UpgradeRefusedError):
+    """The newest verified backup's files no longer match its manifest: the rehearsal and the
+    move take no backup name, so 'use another backup' is no way out; a new backup is."""
+
+    def __init__(self, name: str, problem: str, what: str):
+        super().__init__(
+            f"backup {name}, the newest verified one, failed verification: {problem}; {what} "
+            "needs an intact one: take a new backup (`dagpg backup`) and try again")
+        self.name = name
+        self.problem = problem
+
+
 class ServicesRunningError(UpgradeRefusedError):
     def __init__(self, daemon_type: str, age_s: float, limit_s: float, services: str, what: str):
         # A stopped daemon leaves its last heartbeats behind (Dagster deletes none on shutdown),

@@ -1,7 +1,9 @@
-"""`dagpg upgrade` and `dagpg db move` losing PostgreSQL midway (issue 13 item 4, issue 17): the
-command's session is ended by the server (pg_terminate_backend, as a restart or crash ends it)
-while it waits on a lock. One line naming the server, what was being done and what to do; exit 1;
-the live database as it was."""
+"""`dagpg upgrade` on an instance at head (the installed Dagster's), where what goes wrong is not
+the migration: PostgreSQL lost midway (issue 13 item 4) and a damaged newest backup (issue 17).
+
+Losing PostgreSQL: the command's session is ended by the server (pg_terminate_backend, as a
+restart or crash ends it) while it waits on a lock. One line naming the server, what was being
+done and what to do; exit 1; the live database as it was."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from dagpg import pg
 from dagpg.backup import manifest as mf
 from tests import faults, pgharness, processes
-from tests.backup_support import materialize, run_cli
+from tests.backup_support import error_line, flip_byte, materialize, run_cli
 from tests.processes import BIN
 
 pytestmark = pytest.mark.slow
@@ -76,3 +78,27 @@ def test_a_lost_connection_names_the_server_and_what_was_being_done(instance, tm
     assert "connection already closed" not in lines[0], lines[0]
     assert row_counts(instance) == before
 
+
+
+def databases(server) -> set[str]:
+    with pg.connection(server.admin) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        return {r[0] for r in cur.fetchall()}
+
+
+def test_a_damaged_newest_backup_is_one_line_naming_a_new_backup(instance, tmp_path):
+    """The rehearsal takes no backup name, so "use another backup" would be a dead end: the
+    line says to take a new one; no scratch database is left."""
+    backups = tmp_path / "backups"
+    (name,) = [p.name for p in backups.iterdir()]
+    flip_byte(backups / name / "dagster.dump")
+    before, listed = databases(instance.server), row_counts(instance)
+    result = run_cli("upgrade", "--rehearse", "--dir", str(backups))
+    assert result.exit_code == 1, result.output
+    assert error_line(result) == (
+        f"Error: backup {name}, the newest verified one, failed verification: dagster.dump: "
+        "SHA-256 differs from the manifest (the file changed); the rehearsal needs an intact "
+        "one: take a new backup (`dagpg backup`) and try again")
+    assert databases(instance.server) == before and row_counts(instance) == listed
+    assert run_cli("backup", "--dest", str(backups)).exit_code == 0  # as told
+    assert run_cli("upgrade", "--rehearse", "--dir", str(backups)).exit_code == 0
