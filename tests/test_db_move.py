@@ -124,8 +124,9 @@ def test_services_running_are_refused(servers):
         result = servers.move()
         assert result.exit_code == 1
         assert error_line(result).startswith("Error: the Dagster daemon is running (SENSOR ")
-        assert error_line(result).endswith("run `dagpg db move` again, or pass --force if they "
-                                           "are already stopped")
+        assert "run `dagpg db move` again, or, if they are already stopped, pass --force (or " \
+            "wait " in error_line(result)
+        assert error_line(result).endswith("s: a stopped daemon's heartbeats turn stale)")
         assert servers.state(servers.target) == ({}, {})
     finally:
         with pg.connection(servers.instance(servers.source).target) as conn:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from dagpg.backup.retention import Candidate, plan_retention
 from dagpg.instance import Instance, PgTarget
 from dagpg.upgrade import revisions
@@ -140,3 +142,58 @@ def test_the_rehearsal_renders_change_steps_and_times(capsys):
         "history            8 runs, 3 ticks",
         "checks             every one equal after the migration",
     ]
+
+
+def test_a_rollback_names_the_kind_of_backup_it_restored(capsys):
+    """--rollback --backup may name any backup: the nightly one is not called pre-upgrade."""
+    from dagpg.cli.upgrade_cmds import _render_rollback
+    from dagpg.upgrade.apply import RollbackReport
+
+    for kind, label in (("pre-upgrade", "pre-upgrade backup"), ("cli", "backup")):
+        _render_rollback(RollbackReport(
+            backup="20261201T013000Z", revision="7e2f3204cf8e", safety_backup=None, rows=9,
+            duration_s=1.0, versions=None, next_steps=[], kind=kind), as_json=False)
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"restored       {label} 20261201T013000Z (Dagster schema 7e2f3204cf8e)")
+
+
+def test_a_source_naming_its_database_by_postgres_url_is_told_to_change_that_url(tmp_path):
+    """dagster.yaml may name the database with `postgres_url` (a value or {env: NAME}): the
+    keys to change are not postgres_db's, which that file does not have; never a password."""
+    from dagpg.instance import resolve_instance
+
+    def home(name: str, url_yaml: str, env: dict[str, str]) -> Instance:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "dagster.yaml").write_text(
+            f"storage:\n  postgres:\n    postgres_url: {url_yaml}\n")
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            return resolve_instance(folder)
+
+    old_url = "postgresql://dagster:s3cret@old-db:5432/dagster"
+    new = home("new", "postgresql://dagster:n3w@new-db:5433/dagster", {})
+    literal = home("literal", old_url, {})
+    assert yaml_changes(literal, new) == [(
+        "storage.postgres.postgres_url", "postgresql://dagster:***@old-db:5432/dagster",
+        "postgresql://dagster:***@new-db:5433/dagster (the password in place of ***)")]
+    from_env = home("env", "{env: DAGSTER_PG_URL}", {"DAGSTER_PG_URL": old_url})
+    changes = yaml_changes(from_env, new)
+    assert changes == [(
+        "storage.postgres.postgres_url (environment variable DAGSTER_PG_URL)",
+        "postgresql://dagster:***@old-db:5432/dagster",
+        "postgresql://dagster:***@new-db:5433/dagster (the password in place of ***)")]
+    assert "s3cret" not in repr(changes) and "n3w" not in repr(changes)
+
+
+def test_a_fresh_heartbeat_says_when_a_stopped_daemons_heartbeats_turn_stale():
+    """Dagster deletes no heartbeat when its daemon stops: right after the services are stopped
+    the refusal says how long until the guard lets the command through (or --force)."""
+    from dagpg.upgrade.errors import ServicesRunningError
+
+    message = str(ServicesRunningError("SCHEDULER", 4.2, 120, "DagsterDaemon, DagsterWebserver",
+                                       "`dagpg upgrade --apply`"))
+    assert message.endswith("run `dagpg upgrade --apply` again, or, if they are already "
+                            "stopped, pass --force (or wait 116s: a stopped daemon's "
+                            "heartbeats turn stale)")

@@ -143,7 +143,12 @@ def lost_connection_reason(exc: BaseException) -> str | None:
         if isinstance(exc, DagpgError):
             return None  # already one line
         if isinstance(exc, psycopg2.InterfaceError):
-            return str(exc).strip().splitlines()[0] if str(exc).strip() else "connection closed"
+            # "connection already closed" from a rollback or a later query: the server's own
+            # words (what closed it) are in the error it raises during, when there is one
+            during = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+            return ((lost_connection_reason(during) if during is not None else None)
+                    or (str(exc).strip().splitlines()[0] if str(exc).strip()
+                        else "connection closed"))
         if isinstance(exc, psycopg2.OperationalError):
             code = getattr(exc, "pgcode", None)
             if code is None or code.startswith("08") or code in _GONE_STATES:

@@ -125,7 +125,7 @@ def _render_rollback(report, as_json: bool) -> None:
         emit_json(report.as_dict())
         return
     emit_table([
-        ("restored", f"pre-upgrade backup {report.backup} (Dagster schema {report.revision})"),
+        ("restored", f"{report.restored} (Dagster schema {report.revision})"),
         ("rows", report.rows),
         ("safety backup", report.safety_backup or "none"),
         ("took", f"{report.duration_s:.1f}s"),

@@ -79,7 +79,8 @@ def apply_upgrade(
     progress: ProgressFn | None = None,
 ) -> ApplyReport:
     """Upgrade the live instance's schemas to the installed Dagster's head, with a way back."""
-    with guards.upgrade_lock(instance):
+    with guards.upgrade_lock(instance), pg.lost_connection(instance.target,
+                                                          "applying the upgrade"):
         return _apply(instance, settings, backup_directory(settings, directory), force,
                       progress or (lambda _msg: None))
 
@@ -243,9 +244,15 @@ class RollbackReport:
     duration_s: float
     versions: record.Versions | None
     next_steps: list[str]
+    kind: str = record.PRE_UPGRADE  # the restored backup's kind (--backup may name any)
+
+    @property
+    def restored(self) -> str:
+        """'pre-upgrade backup NAME', or 'backup NAME' for another kind named by --backup."""
+        return f"{'pre-upgrade ' if self.kind == record.PRE_UPGRADE else ''}backup {self.backup}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"backup": self.backup, "revision": self.revision,
+        return {"backup": self.backup, "kind": self.kind, "revision": self.revision,
                 "safety_backup": self.safety_backup, "rows": self.rows,
                 "duration_s": round(self.duration_s, 3),
                 "versions": self.versions.as_dict() if self.versions else None,
@@ -280,7 +287,8 @@ def rollback_upgrade(
     saved = (rec or {}).get("from_versions")
     versions = (record.Versions(saved["dagster"], saved.get("dagster_postgres"), saved["source"])
                 if saved else record.writer_versions(folder_dir, revision))
-    with guards.upgrade_lock(instance):
+    with guards.upgrade_lock(instance), pg.lost_connection(instance.target,
+                                                          "rolling back the upgrade"):
         guards.refuse_while_running(instance, settings, force=force,
                                     what="`dagpg upgrade --rollback`")
         restored = restore_backup(instance, settings, folder.name, directory=folder_dir,
@@ -294,7 +302,8 @@ def rollback_upgrade(
              "start the services (the daemon, then the webserver)", "run `dagpg verify`"]
     return RollbackReport(backup=folder.name, revision=revision,
                           safety_backup=restored.safety_backup, rows=restored.rows,
-                          duration_s=restored.duration_s, versions=versions, next_steps=steps)
+                          duration_s=restored.duration_s, versions=versions, next_steps=steps,
+                          kind=str(folder.manifest.get("kind") or ""))
 
 
 def _first_line(exc: BaseException) -> str:

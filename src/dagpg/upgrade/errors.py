@@ -23,12 +23,28 @@ class NoVerifiedBackupError(UpgradeRefusedError):
         self.directory = directory
 
 
+class NewestBackupCorruptError(UpgradeRefusedError):
+    """The newest verified backup's files no longer match its manifest: the rehearsal and the
+    move take no backup name, so 'use another backup' is no way out; a new backup is."""
+
+    def __init__(self, name: str, problem: str, what: str):
+        super().__init__(
+            f"backup {name}, the newest verified one, failed verification: {problem}; {what} "
+            "needs an intact one: take a new backup (`dagpg backup`) and try again")
+        self.name = name
+        self.problem = problem
+
+
 class ServicesRunningError(UpgradeRefusedError):
     def __init__(self, daemon_type: str, age_s: float, limit_s: float, services: str, what: str):
+        # A stopped daemon leaves its last heartbeats behind (Dagster deletes none on shutdown),
+        # so right after `stop the services` they are still fresh: say when they turn stale.
+        stale_in = max(limit_s - max(age_s, 0), 1)
         super().__init__(
             f"the Dagster daemon is running ({daemon_type} heartbeat {max(age_s, 0):.0f}s ago, "
             f"newer than {limit_s:.0f}s); stop the services ({services}) and run {what} again, "
-            "or pass --force if they are already stopped")
+            f"or, if they are already stopped, pass --force (or wait {stale_in:.0f}s: a stopped "
+            "daemon's heartbeats turn stale)")
         self.daemon_type = daemon_type
         self.age_s = age_s
 

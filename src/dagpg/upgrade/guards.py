@@ -10,13 +10,13 @@ from pathlib import Path
 from dagpg import pg
 from dagpg.backup import catalog
 from dagpg.backup import manifest as mf
-from dagpg.backup.errors import BackupCorruptError
 from dagpg.backup.folders import Folder, scan
 from dagpg.errors import DatabaseError
 from dagpg.heartbeats import read_heartbeats
 from dagpg.instance import Instance, PgTarget
 from dagpg.settings import KitSettings
 from dagpg.upgrade.errors import (
+    NewestBackupCorruptError,
     NoVerifiedBackupError,
     ServicesRunningError,
     UpgradeRefusedError,
@@ -69,7 +69,7 @@ def newest_verified_backup(instance: Instance, directory: Path, what: str) -> Fo
             continue
         problems = mf.check_files(folder.path, folder.manifest)
         if problems:
-            raise BackupCorruptError(folder.name, problems[0])
+            raise NewestBackupCorruptError(folder.name, problems[0], what)
         return folder
     raise NoVerifiedBackupError(str(directory), what, instance.target.where,
                                 others[0] if others else None)

@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg2.extensions
+import yaml
 from psycopg2 import sql
 
 from dagpg import pg
@@ -29,7 +31,7 @@ from dagpg.backup import load, tools
 from dagpg.backup import manifest as mf
 from dagpg.backup.errors import BackupError
 from dagpg.backup.folders import backup_directory
-from dagpg.instance import Instance
+from dagpg.instance import Instance, PgTarget
 from dagpg.progress import ProgressFn
 from dagpg.settings import KitSettings
 from dagpg.upgrade import guards
@@ -294,7 +296,17 @@ def _empty(target: Instance) -> None:
 
 
 def yaml_changes(source: Instance, target: Instance) -> list[tuple[str, str, str]]:
-    """What to change in the source's dagster.yaml so it names the new server."""
+    """What to change in the source's dagster.yaml so it names the new server: the keys of its
+    `postgres_db` block, or its `postgres_url` (never with a password) when it names the
+    database so."""
+    url = _postgres_url(source)
+    if url is not None:
+        key = f"{source.storage_key}.postgres_url"
+        if isinstance(url, dict):
+            key += f" (environment variable {url['env']})"
+        return [(key, _url(source.target),
+                 _url(target.target) + (" (the password in place of ***)"
+                                        if target.target.password_source != "none" else ""))]
     prefix = f"{source.storage_key}.postgres_db"
     changes = []
     for key, attr in _YAML_KEYS:
@@ -308,6 +320,25 @@ def yaml_changes(source: Instance, target: Instance) -> list[tuple[str, str, str
         changes.append((f"{prefix}.params", str(source.target.params),
                         str(target.target.params)))
     return changes
+
+
+def _postgres_url(source: Instance) -> Any:
+    """The `postgres_url` value (a URL or {env: NAME}) of the source's dagster.yaml, when its
+    storage block names the database so; else None."""
+    if "/" in source.storage_key:  # the older per-storage blocks: postgres_db keys are named
+        return None
+    try:
+        block: Any = yaml.safe_load(source.yaml_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    for part in source.storage_key.split("."):
+        block = block.get(part) if isinstance(block, dict) else None
+    return block.get("postgres_url") if isinstance(block, dict) else None
+
+
+def _url(target: PgTarget) -> str:
+    """The target as a postgres_url, `***` for its password, with its query parameters."""
+    return target.url() + (f"?{urlencode(target.params)}" if target.params else "")
 
 
 def _source(password_source: str) -> str:

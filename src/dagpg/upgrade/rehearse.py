@@ -80,7 +80,8 @@ def rehearse_upgrade(
 ) -> RehearsalReport:
     """Restore the newest verified backup into a scratch database, migrate it to the installed
     Dagster's head (timed), check through Dagster's APIs that the history survived, drop it."""
-    with guards.upgrade_lock(instance):
+    with guards.upgrade_lock(instance), pg.lost_connection(instance.target,
+                                                          "rehearsing the upgrade"):
         drop_leftovers(instance)
         return _rehearse(instance, settings, directory, progress or (lambda _msg: None))
 
