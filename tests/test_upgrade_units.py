@@ -190,9 +190,13 @@ def test_a_source_naming_its_database_by_postgres_url_is_told_to_change_that_url
 def test_a_fresh_heartbeat_says_when_a_stopped_daemons_heartbeats_turn_stale():
     """Dagster deletes no heartbeat when its daemon stops: right after the services are stopped
     the refusal says how long until the guard lets the command through (or --force)."""
+    from datetime import UTC, datetime, timedelta
+
+    from dagpg.heartbeats import Heartbeat
     from dagpg.upgrade.errors import ServicesRunningError
 
-    message = str(ServicesRunningError("SCHEDULER", 4.2, 120, "DagsterDaemon, DagsterWebserver",
+    beat = Heartbeat("SCHEDULER", "d", datetime.now(UTC) - timedelta(seconds=4.2))
+    message = str(ServicesRunningError(beat, 120, "DagsterDaemon, DagsterWebserver",
                                        "`dagpg upgrade --apply`"))
     assert message.endswith("run `dagpg upgrade --apply` again, or, if they are already "
                             "stopped, pass --force (or wait 116s: a stopped daemon's "

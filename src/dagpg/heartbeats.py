@@ -37,6 +37,24 @@ def read_heartbeats(conn) -> list[Heartbeat]:
     )
 
 
+def still_running(conn, limit_s: float) -> Heartbeat | None:
+    """The freshest heartbeat younger than `limit_s`: the daemon runs (or has just stopped)."""
+    fresh = [h for h in read_heartbeats(conn) if h.age_s() < limit_s]
+    return min(fresh, key=lambda h: h.age_s(), default=None)
+
+
+def running_refusal(beat: Heartbeat, limit_s: float, services: str, what: str) -> str:
+    """The one line that refuses `what` while the daemon heart-beats. A stopped daemon leaves
+    its last heartbeats behind (Dagster deletes none on shutdown), so right after "stop the
+    services" they are still fresh: it says when they turn stale."""
+    age = max(beat.age_s(), 0)
+    stale_in = max(limit_s - age, 1)
+    return (f"the Dagster daemon is running ({beat.daemon_type} heartbeat {age:.0f}s ago, "
+            f"newer than {limit_s:.0f}s); stop the services ({services}) and run {what} again, "
+            f"or, if they are already stopped, pass --force (or wait {stale_in:.0f}s: a stopped "
+            "daemon's heartbeats turn stale)")
+
+
 def newest(heartbeats: list[Heartbeat]) -> Heartbeat | None:
     return max(heartbeats, key=lambda h: h.timestamp, default=None)
 

@@ -37,7 +37,7 @@ from dagpg.backup.errors import (
 )
 from dagpg.backup.folders import Folder, backup_directory, locate, scan
 from dagpg.dbtables import has_table
-from dagpg.heartbeats import read_heartbeats
+from dagpg.heartbeats import running_refusal, still_running
 from dagpg.instance import Instance
 from dagpg.progress import ProgressFn, reporter
 from dagpg.settings import KitSettings
@@ -150,16 +150,12 @@ def _restore(instance: Instance, settings: KitSettings, name: str, *,
 
 def _refuse_while_running(conn, settings: KitSettings, force: bool) -> None:
     limit = settings.verify.heartbeat_max_age_s
-    fresh = [h for h in read_heartbeats(conn) if h.age_s() < limit]
+    beat = still_running(conn, limit)
     conn.rollback()
-    if fresh and not force:
-        newest = min(fresh, key=lambda h: h.age_s())
-        raise RestoreRefusedError(
-            f"the Dagster daemon is running ({newest.daemon_type} heartbeat "
-            f"{max(newest.age_s(), 0):.0f}s ago, newer than {limit:.0f}s); stop the services "
-            f"({settings.services.daemon}, {settings.services.webserver}) and run the restore "
-            "again, or pass --force")
-    if fresh:
+    if beat is not None and not force:
+        services = f"{settings.services.daemon}, {settings.services.webserver}"
+        raise RestoreRefusedError(running_refusal(beat, limit, services, "the restore"))
+    if beat is not None:
         log.warning("restoring while the daemon heart-beats (--force)")
 
 

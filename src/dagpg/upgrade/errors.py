@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dagpg.errors import DagpgError
+from dagpg.heartbeats import Heartbeat, running_refusal
 
 
 class UpgradeError(DagpgError):
@@ -36,17 +37,10 @@ class NewestBackupCorruptError(UpgradeRefusedError):
 
 
 class ServicesRunningError(UpgradeRefusedError):
-    def __init__(self, daemon_type: str, age_s: float, limit_s: float, services: str, what: str):
-        # A stopped daemon leaves its last heartbeats behind (Dagster deletes none on shutdown),
-        # so right after `stop the services` they are still fresh: say when they turn stale.
-        stale_in = max(limit_s - max(age_s, 0), 1)
-        super().__init__(
-            f"the Dagster daemon is running ({daemon_type} heartbeat {max(age_s, 0):.0f}s ago, "
-            f"newer than {limit_s:.0f}s); stop the services ({services}) and run {what} again, "
-            f"or, if they are already stopped, pass --force (or wait {stale_in:.0f}s: a stopped "
-            "daemon's heartbeats turn stale)")
-        self.daemon_type = daemon_type
-        self.age_s = age_s
+    def __init__(self, beat: Heartbeat, limit_s: float, services: str, what: str):
+        super().__init__(running_refusal(beat, limit_s, services, what))
+        self.daemon_type = beat.daemon_type
+        self.age_s = beat.age_s()
 
 
 class SchemaAheadError(UpgradeRefusedError):

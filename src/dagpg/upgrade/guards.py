@@ -12,7 +12,7 @@ from dagpg.backup import catalog
 from dagpg.backup import manifest as mf
 from dagpg.backup.folders import Folder, scan
 from dagpg.errors import DatabaseError
-from dagpg.heartbeats import read_heartbeats
+from dagpg.heartbeats import still_running
 from dagpg.instance import Instance, PgTarget
 from dagpg.settings import KitSettings
 from dagpg.upgrade.errors import (
@@ -30,15 +30,14 @@ def refuse_while_running(instance: Instance, settings: KitSettings, *, force: bo
     """ServicesRunningError when any daemon heartbeat is younger than the verify threshold."""
     limit = settings.verify.heartbeat_max_age_s
     with pg.connection(instance.target) as conn:
-        fresh = [h for h in read_heartbeats(conn) if h.age_s() < limit]
-    if not fresh:
+        beat = still_running(conn, limit)
+    if beat is None:
         return
     if force:
         log.warning("going on while the daemon heart-beats (--force)")
         return
-    newest = min(fresh, key=lambda h: h.age_s())
     services = f"{settings.services.daemon}, {settings.services.webserver}"
-    raise ServicesRunningError(newest.daemon_type, newest.age_s(), limit, services, what)
+    raise ServicesRunningError(beat, limit, services, what)
 
 
 def newest_verified_backup(instance: Instance, directory: Path, what: str) -> Folder:
