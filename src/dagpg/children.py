@@ -21,6 +21,7 @@ pg_ctl, which outlives the command on purpose).
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,31 @@ def send(proc: subprocess.Popen, data: bytes) -> None:
             proc.stdin.close()
         except BrokenPipeError:
             pass
+
+
+class JsonChild:
+    """`python -m module` as a child: one JSON job on its stdin, one JSON document on its
+    stdout (the migration's and the upgrade's event readers)."""
+
+    def __init__(self, module: str, job: str):
+        self._process = popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+        send(self._process, job.encode("utf-8"))
+
+    def output(self) -> tuple[int, Any]:
+        """Wait for the child: (its exit code, its document, or None when it wrote none)."""
+        text = self._process.stdout.read()
+        code = self._process.wait()
+        try:
+            return code, json.loads(text)
+        except ValueError:
+            return code, None
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait(timeout=30)
+        self._process.stdout.close()
 
 
 def run(argv: list[str], *, timeout: float | None = None, umask: int | None = None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +45,14 @@ class VerifyJob:
                    run_ids=data["run_ids"])
 
 
-class EventsWorker:
+class EventsWorker(children.JsonChild):
     """The child, started with its job; `result()` waits for its Verification (as a dict)."""
 
     def __init__(self, job: VerifyJob):
-        self._process = children.popen([sys.executable, "-m", "dagpg.migrate.verify_worker"],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        children.send(self._process, job.to_json().encode("utf-8"))
+        super().__init__("dagpg.migrate.verify_worker", job.to_json())
 
     def result(self) -> dict:
-        output = self._process.stdout.read()
-        code = self._process.wait()
-        try:
-            data = json.loads(output)
-        except ValueError:
-            data = None
+        code, data = self.output()
         if isinstance(data, dict) and "error" in data:
             error = VerifyProcessError.from_relay(data["error"])
             if error.trace:
@@ -70,12 +62,6 @@ class EventsWorker:
             raise VerifyProcessError(f"the verification process ended early (exit code {code});"
                                      " run the command again")
         return data
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait(timeout=30)
-        self._process.stdout.close()
 
 
 def merge(into: Verification, data: dict) -> None:

@@ -9,7 +9,6 @@ the migration's verifier does. It dies with its parent (dagpg.children).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,31 +36,20 @@ def count_events(dagster, run_ids: list[str]) -> dict[str, list[int]]:
     return found
 
 
-class EventsWorker:
+class EventsWorker(children.JsonChild):
     """The child, started with its share of runs; `result()` waits for its counts."""
 
     def __init__(self, home: Path, run_ids: list[str]):
-        self._process = children.popen(
-            [sys.executable, "-m", "dagpg.upgrade.events_worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE)
-        children.send(self._process, json.dumps({"home": str(home), "run_ids": run_ids}).encode())
+        super().__init__("dagpg.upgrade.events_worker",
+                         json.dumps({"home": str(home), "run_ids": run_ids}))
 
     def result(self) -> dict[str, list[int]]:
-        output = self._process.stdout.read()
-        code = self._process.wait()
-        try:
-            data = json.loads(output)
-        except ValueError:
-            data = None
+        code, data = self.output()
         if code != 0 or not isinstance(data, dict) or "events" not in data:
+            error = data.get("error", "no result") if isinstance(data, dict) else "no result"
             raise UpgradeError(f"the process reading events failed (exit code {code}): "
-                               f"{(data or {}).get('error', 'no result')}; run the command again")
+                               f"{error}; run the command again")
         return data["events"]
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=30)
 
 
 def main() -> int:
