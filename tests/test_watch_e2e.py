@@ -362,10 +362,15 @@ def test_after_a_reboot_the_first_pass_ends_every_orphaned_run(stack):
     new_keeper = processes.wait_for(
         lambda: (pid := stack.sup.pid("DagsterKeeper")) and pid != keeper_before and pid,
         60, "the keeper to start again")
-    first_pass = processes.wait_for(
-        lambda: [r for r in stack.records() if r["pid"] == new_keeper and r["pass"] == 1],
-        180, "the new keeper's first pass")
-    ended = {r["target"] for r in first_pass if r["event"] == "action"}
+
+    def first_pass_ended() -> set[str]:
+        """The runs the new keeper's first pass ended, once it has ended all three (it writes a
+        line per run: reading after the first line would race the other two)."""
+        ended = {r["target"] for r in stack.records()
+                 if r["pid"] == new_keeper and r["pass"] == 1 and r["event"] == "action"}
+        return ended if ended >= {*runs, starting} else set()
+
+    ended = processes.wait_for(first_pass_ended, 180, "the new keeper's first pass")
     assert ended == {*runs, starting}
     assert {status(stack, r) for r in [*runs, starting]} == {"FAILURE"}
     from dagster import RunsFilter
